@@ -1,0 +1,149 @@
+"""run_call(): one nursery per call, wiring two legs to the pure CallBridge.
+
+The agent leg starts first and reports `started()` only once the model confirmed the call's audio
+formats; then the telephony leg runs. Every event from either leg goes through one inbox to the
+control loop, which feeds :class:`bridge.call.bridge.CallBridge` and sends its commands to the
+legs. The first end event (or the maximum duration) ends the call: the other leg is told to end,
+gets a short grace to close its socket cleanly, and is cancelled after that. Exactly one record is
+written per call, whatever happened, and no exception from one call escapes this function.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from bridge.adapters.leg import AgentLeg, TelephonyLeg
+from bridge.agent.errors import AgentLegFailed
+from bridge.call.bridge import CallBridge, CallBridgeSettings, Command
+from bridge.call.events import (
+    AgentCommand,
+    AgentEvent,
+    EndReason,
+    SendAudio,
+    TelephonyCommand,
+    TelephonyEvent,
+)
+from bridge.logs import CallLogger
+
+RecordWriter = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Room for bursts: the model sends audio faster than real time, the caller 50 frames a second.
+INBOX_SIZE = 1024
+LEG_COMMANDS_SIZE = 1024
+# How long a leg may take to close its socket after being told to end.
+CLOSE_GRACE_S = 2.0
+
+
+async def run_call(
+    leg: TelephonyLeg,
+    agent: AgentLeg,
+    *,
+    settings: CallBridgeSettings,
+    log: CallLogger,
+    write_record: RecordWriter | None = None,
+    wallclock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> dict[str, Any]:
+    """Run one call to its end and return its record (also handed to `write_record`)."""
+    started_wall = wallclock()
+    bridge = CallBridge(info=leg.info, settings=settings, now=trio.current_time())
+    log.info(
+        "call started",
+        extra={"ingress": leg.info.ingress, "codec": leg.info.codec.value, **leg.info.external_ids},
+    )
+    try:
+        await _relay(bridge, leg, agent, log)
+    except* Exception as group:
+        log.error("call failed", exc_info=group)
+        bridge.end(EndReason.INTERNAL_ERROR, repr(group.exceptions[0]), trio.current_time())
+    finally:
+        if not bridge.ended:
+            bridge.end(EndReason.SHUTDOWN, "daemon stopping", trio.current_time())
+        record = bridge.record()
+        record["started_at"] = started_wall.isoformat()
+        log.info(
+            "call ended",
+            extra={
+                "end_reason": record["end_reason"],
+                "detail": record["end_detail"],
+                "duration_s": record["duration_s"],
+            },
+        )
+        if write_record is not None:
+            with trio.CancelScope(shield=True):
+                try:
+                    await write_record(record)
+                except OSError as error:
+                    log.error("could not write the call record", extra={"error": str(error)})
+    return record
+
+
+async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: CallLogger) -> None:
+    inbox_send, inbox = trio.open_memory_channel[TelephonyEvent | AgentEvent](INBOX_SIZE)
+    to_tel_send, to_tel = trio.open_memory_channel[TelephonyCommand](LEG_COMMANDS_SIZE)
+    to_agent_send, to_agent = trio.open_memory_channel[AgentCommand](LEG_COMMANDS_SIZE)
+    dropped_audio = 0
+
+    async def dispatch(commands: list[Command]) -> None:
+        nonlocal dropped_audio
+        for command in commands:
+            if isinstance(command, SendAudio):
+                # Caller audio is real time: never stall the control loop for it.
+                try:
+                    to_agent_send.send_nowait(command)
+                except trio.WouldBlock:
+                    dropped_audio += 1
+            elif isinstance(command, TelephonyCommand):
+                await to_tel_send.send(command)
+            else:
+                await to_agent_send.send(command)
+
+    agent_events = inbox_send.clone()
+
+    async def run_agent(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Each leg closes its inbox clone when it returns, so the inbox ends with the last leg.
+        async with agent_events:
+            await agent(leg.info, agent_events, to_agent, task_status=task_status)
+
+    async def run_telephony() -> None:
+        async with inbox_send:
+            await leg.run(inbox_send, to_tel)
+
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(run_agent)
+        except AgentLegFailed as failure:
+            log.warning(
+                "model session failed",
+                extra={"reason": failure.reason.value, "detail": failure.detail},
+            )
+            await dispatch(bridge.end(failure.reason, failure.detail, trio.current_time()))
+        nursery.start_soon(run_telephony)
+
+        while not bridge.ended:
+            commands: list[Command]
+            with trio.move_on_at(bridge.next_deadline()) as timer:
+                event = await inbox.receive()
+                commands = bridge.handle(event, trio.current_time())
+            if timer.cancelled_caught:
+                commands = bridge.handle_timeout(trio.current_time())
+            await dispatch(commands)
+
+        # The call is over: let both legs close cleanly, then stop whatever is left.
+        to_tel_send.close()
+        to_agent_send.close()
+        nursery.start_soon(_discard, inbox)
+        nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE_S
+    if dropped_audio:
+        log.warning("caller audio dropped", extra={"messages": dropped_audio})
+
+
+async def _discard(inbox: trio.MemoryReceiveChannel[Any]) -> None:
+    async for _ in inbox:
+        pass
+
+
+__all__ = ["AgentLegFailed", "RecordWriter", "run_call"]

@@ -1,0 +1,202 @@
+"""run_call with scripted legs over memory channels, under trio's virtual clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from bridge.agent.errors import AgentLegFailed
+from bridge.call.bridge import CallBridgeSettings
+from bridge.call.context import CallInfo
+from bridge.call.events import (
+    AgentAudio,
+    AgentCommand,
+    AgentEnded,
+    AgentEvent,
+    AgentReady,
+    AgentResponseStarted,
+    AudioPlayed,
+    CallerAudio,
+    CloseAgent,
+    Codec,
+    EndReason,
+    HangUp,
+    PlayAudio,
+    SendAudio,
+    TelephonyCommand,
+    TelephonyEnded,
+    TelephonyEvent,
+)
+from bridge.logs import call_logger
+from bridge.supervisor import run_call
+
+INFO = CallInfo(call_id="c-test", ingress="memory", codec=Codec.PCMU)
+
+
+@attrs.define
+class ScriptedPhone:
+    """A telephony leg that plays a script of events and keeps every command it gets."""
+
+    script: list[tuple[float, TelephonyEvent]]
+    info: CallInfo = INFO
+    commands: list[tuple[float, TelephonyCommand]] = attrs.field(factory=list)
+    closed_at: float | None = None
+
+    async def run(
+        self,
+        events: trio.MemorySendChannel[TelephonyEvent],
+        commands: trio.MemoryReceiveChannel[TelephonyCommand],
+    ) -> None:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+
+            async def play() -> None:
+                for at, event in self.script:
+                    await trio.sleep_until(start + at)
+                    await events.send(event)
+
+            nursery.start_soon(play)
+            async for command in commands:
+                self.commands.append((trio.current_time() - start, command))
+                if isinstance(command, HangUp):
+                    break
+            self.closed_at = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class ScriptedModel:
+    """An agent leg: ready at once (or failing), then a script; keeps every command."""
+
+    script: list[tuple[float, AgentEvent]] = attrs.field(factory=list)
+    fail: AgentLegFailed | None = None
+    crash: bool = False
+    commands: list[tuple[float, AgentCommand]] = attrs.field(factory=list)
+    closed_at: float | None = None
+
+    async def __call__(
+        self,
+        info: CallInfo,
+        events: trio.MemorySendChannel[AgentEvent],
+        commands: trio.MemoryReceiveChannel[AgentCommand],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        start = trio.current_time()
+        await trio.sleep(0.3)  # connecting
+        if self.fail is not None:
+            raise self.fail
+        await events.send(AgentReady("sess_1"))
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+
+            async def play() -> None:
+                for at, event in self.script:
+                    await trio.sleep_until(start + at)
+                    if self.crash:
+                        raise RuntimeError("bug in a leg")
+                    await events.send(event)
+
+            nursery.start_soon(play)
+            async for command in commands:
+                self.commands.append((trio.current_time() - start, command))
+                if isinstance(command, CloseAgent):
+                    break
+            self.closed_at = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+
+
+async def call(phone: ScriptedPhone, model: ScriptedModel, **settings: Any) -> dict[str, Any]:
+    records: list[dict[str, Any]] = []
+
+    async def write(record: dict[str, Any]) -> None:
+        records.append(record)
+
+    with trio.fail_after(7200):
+        record = await run_call(
+            phone,
+            model,
+            settings=CallBridgeSettings(model_codec=Codec.PCMU, **settings),
+            log=call_logger(INFO.call_id),
+            write_record=write,
+        )
+    assert records == [record]
+    return record
+
+
+async def test_caller_hangup_closes_the_model_at_once(autojump_clock: trio.abc.Clock) -> None:
+    frame = b"\x11" * 160
+    phone = ScriptedPhone([(0.02, CallerAudio(frame)), (1.0, TelephonyEnded(EndReason.CALLER_HANGUP))])
+    model = ScriptedModel()
+    record = await call(phone, model)
+    assert record["end_reason"] == "caller_hangup"
+    assert [c for _, c in model.commands] == [SendAudio(frame), CloseAgent()]
+    # Model connected at 0.3 s; the caller's hang-up at 1.0 s after the phone leg started.
+    assert model.closed_at is not None
+    assert model.closed_at - 0.3 == pytest.approx(1.0, abs=0.01)
+
+
+async def test_model_end_hangs_up_the_caller(autojump_clock: trio.abc.Clock) -> None:
+    phone = ScriptedPhone([])
+    model = ScriptedModel([(2.0, AgentEnded(EndReason.MODEL_ERROR, "server_error"))])
+    record = await call(phone, model)
+    assert record["end_reason"] == "model_error"
+    assert [c for _, c in phone.commands] == [HangUp(EndReason.MODEL_ERROR)]
+    assert phone.closed_at == pytest.approx(1.7, abs=0.01)
+
+
+async def test_model_that_never_gets_ready_ends_the_call(autojump_clock: trio.abc.Clock) -> None:
+    phone = ScriptedPhone([])
+    model = ScriptedModel(fail=AgentLegFailed(EndReason.MODEL_FORMAT_REJECTED, "got audio/pcm"))
+    record = await call(phone, model)
+    assert record["end_reason"] == "model_format_rejected"
+    assert record["end_detail"] == "got audio/pcm"
+    assert [c for _, c in phone.commands] == [HangUp(EndReason.MODEL_FORMAT_REJECTED)]
+
+
+async def test_a_failing_leg_gives_an_internal_error_record(autojump_clock: trio.abc.Clock) -> None:
+    phone = ScriptedPhone([])
+    model = ScriptedModel([(1.0, AgentReady("x"))], crash=True)
+    record = await call(phone, model)
+    assert record["end_reason"] == "internal_error"
+    assert "bug in a leg" in record["end_detail"]
+
+
+async def test_maximum_duration(autojump_clock: trio.abc.Clock) -> None:
+    phone = ScriptedPhone([])
+    model = ScriptedModel()
+    record = await call(phone, model, max_duration_s=600.0)
+    assert record["end_reason"] == "max_duration"
+    assert record["duration_s"] == pytest.approx(600.0)
+    assert [c for _, c in phone.commands] == [HangUp(EndReason.MAX_DURATION)]
+
+
+async def test_model_audio_relayed_and_played_audio_reported(autojump_clock: trio.abc.Clock) -> None:
+    reply = bytes(range(160)) * 3
+    phone = ScriptedPhone(
+        [(0.5, AudioPlayed("i1", 320)), (0.6, TelephonyEnded(EndReason.CALLER_HANGUP))]
+    )
+    model = ScriptedModel([(0.35, AgentResponseStarted("r1")), (0.4, AgentAudio("r1", "i1", reply))])
+    record = await call(phone, model)
+    assert [c for _, c in phone.commands] == [PlayAudio("i1", reply)]
+    assert record["statistics"]["played_bytes"] == 320
+
+
+async def test_cancellation_still_writes_the_record(autojump_clock: trio.abc.Clock) -> None:
+    records: list[dict[str, Any]] = []
+
+    async def write(record: dict[str, Any]) -> None:
+        records.append(record)
+
+    with trio.move_on_after(5):
+        await run_call(
+            ScriptedPhone([]),
+            ScriptedModel(),
+            settings=CallBridgeSettings(model_codec=Codec.PCMU),
+            log=call_logger(INFO.call_id),
+            write_record=write,
+        )
+    assert [r["end_reason"] for r in records] == ["shutdown"]
