@@ -37,7 +37,7 @@ from bridge.config import AudioFormat, Config, MediaStreamAuth, Provider, TurnDe
 from bridge.errors import ConfigError
 from bridge.logs import call_logger
 from bridge.records import append_record
-from bridge.secrets import SecretSource, read_secret
+from bridge.credentials import SecretSource, read_secret
 from bridge.supervisor import run_call
 
 log = logging.getLogger("bridge")

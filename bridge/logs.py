@@ -2,7 +2,7 @@
 
 Records carry the call id through `logging.LoggerAdapter` extras (see :func:`call_logger`), so a
 line about a call can always be found by its id. Secrets never reach a log call: the config holds
-only where a secret comes from, and :class:`bridge.secrets.Secret` prints as ``***``.
+only where a secret comes from, and :class:`bridge.credentials.Secret` prints as ``***``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,871 @@
+"""The daemon's configuration: a tree of frozen attrs classes and a strict TOML loader.
+
+The file format is TOML 1.0 (read with `tomllib`); docs/configuration.md is the reference for every
+key. Structuring goes through one strict cattrs converter (`forbid_extra_keys`, detailed
+validation), so every problem in a file is reported at once, each message ending in
+`@ $.section.key` like cattrs' `transform_error`. Range and format checks live on the fields as
+attrs validators: the loader runs them per key (so each error carries its own path) and `__init__`
+runs them again for configs built in code. Checks that involve several keys live in each section's
+`_problems()` method.
+
+Secrets never appear here, only where to find them: `<name>_env` / `<name>_file` keys become a
+`bridge.credentials.SecretSource`.
+
+Pure module: no I/O apart from `load_config` reading the file it is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import re
+import string
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, Literal, TextIO, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.gen import make_dict_structure_fn, override
+
+from bridge.errors import ConfigError
+from bridge.credentials import SecretSource
+
+EX_CONFIG: Final = 78  # sysexits.h: "configuration error"
+
+OPENAI_REALTIME_URL: Final = "wss://api.openai.com/v1/realtime"
+AZURE_URL_EXAMPLE: Final = "wss://RESOURCE.openai.azure.com/openai/v1/realtime"
+DEFAULT_INSTRUCTIONS: Final = "You are a helpful phone assistant. Keep answers short."
+
+# realtime-api.md §2.3: models accepted for input transcription inside a realtime session.
+TRANSCRIPTION_MODELS: Final = (
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper",
+    "gpt-transcribe",
+    "gpt-live-transcribe",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Closed choices. The values are exactly what the TOML file says.
+
+
+class Provider(enum.Enum):
+    LOOPBACK = "loopback"
+    OPENAI = "openai"
+    AZURE = "azure"
+    COMPATIBLE = "compatible"
+
+
+class Dialect(enum.Enum):
+    GA = "ga"
+    BETA = "beta"
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.Enum):
+    LOGFMT = "logfmt"
+    JSON = "json"
+
+
+class Voice(enum.Enum):
+    ALLOY = "alloy"
+    ASH = "ash"
+    BALLAD = "ballad"
+    CORAL = "coral"
+    ECHO = "echo"
+    SAGE = "sage"
+    SHIMMER = "shimmer"
+    VERSE = "verse"
+    MARIN = "marin"
+    CEDAR = "cedar"
+
+
+class OutputModality(enum.Enum):
+    AUDIO = "audio"
+    TEXT = "text"
+
+
+class AudioFormat(enum.Enum):
+    CALL = "call"  # whatever G.711 law the call itself uses
+    PCMU = "pcmu"
+    PCMA = "pcma"
+
+
+class ToolChoice(enum.Enum):
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+
+
+class TurnDetectionType(enum.Enum):
+    SERVER_VAD = "server_vad"
+    SEMANTIC_VAD = "semantic_vad"
+    NONE = "none"
+
+
+class Eagerness(enum.Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    AUTO = "auto"
+
+
+class NoiseReductionType(enum.Enum):
+    NEAR_FIELD = "near_field"
+    FAR_FIELD = "far_field"
+    OFF = "off"
+
+
+class MediaStreamAuth(enum.Enum):
+    TWILIO_SIGNATURE = "twilio_signature"
+    SHARED_SECRET = "shared_secret"
+    NONE = "none"
+
+
+# What each choice is called in error messages: "'nova' is not a voice; choose one of ...".
+_CHOICE_NOUNS: Final[Mapping[type[enum.Enum], str]] = {
+    Provider: "a provider",
+    Dialect: "a dialect",
+    LogLevel: "a log level",
+    LogFormat: "a log format",
+    Voice: "a voice",
+    OutputModality: "an output modality",
+    AudioFormat: "an audio format",
+    ToolChoice: "a tool choice",
+    TurnDetectionType: "a turn detection type",
+    Eagerness: "an eagerness level",
+    NoiseReductionType: "a noise reduction type",
+    MediaStreamAuth: "a media stream auth mode",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Field checks. Each is an attrs validator `(instance, attribute, value)` that never looks at the
+# instance, so the loader can run it on one key before the section exists.
+
+
+class _Invalid(ValueError):
+    """One problem with one value; the message is shown to the user as is, plus ` @ path`."""
+
+
+_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _at_least(minimum: float) -> _Validator:
+    def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value < minimum:
+            raise _Invalid(f"must be at least {minimum}, got {value}")
+
+    return check
+
+
+def _above(minimum: float) -> _Validator:
+    def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value <= minimum:
+            raise _Invalid(f"must be greater than {minimum}, got {value}")
+
+    return check
+
+
+def _between(low: float, high: float) -> _Validator:
+    def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low} and {high}, got {value}")
+
+    return check
+
+
+def _optional(validator: _Validator) -> _Validator:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            validator(instance, attribute, value)
+
+    return check
+
+
+def _not_empty(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise _Invalid("must not be empty")
+
+
+def _websocket_url(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise _Invalid(f"must be a ws:// or wss:// URL, got {value!r}")
+    if parts.query:
+        raise _Invalid("must not carry a query string (the model name goes in model.model)")
+
+
+def _public_stream_url(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme != "wss" or not parts.netloc:
+        raise _Invalid(f"must be a wss:// URL, got {value!r}")
+    if parts.query:
+        # Twilio rejects <Stream url> with a query string (error 31922); use <Parameter> instead.
+        raise _Invalid("must not carry a query string (pass per-call data as <Parameter>)")
+
+
+def _url_path(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.startswith("/"):
+        raise _Invalid(f"must start with '/', got {value!r}")
+
+
+def _template(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        fields = [
+            (name, conversion)
+            for _, name, _, conversion in string.Formatter().parse(value)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise _Invalid(
+            f"malformed template: {exc} (write {{{{ and }}}} for literal braces)"
+        ) from None
+    for name, conversion in fields:
+        if conversion not in (None, "s", "r", "a"):
+            raise _Invalid(f"malformed template: unknown conversion !{conversion} in {{{name}}}")
+        # A positional "{}" or "{0}" has nothing to fill it: values are passed by name only.
+        if not name or name[0].isdigit():
+            raise _Invalid(
+                f"template placeholder {{{name}}} needs a name, like {{caller}} or {{call_id}}"
+            )
+
+
+def _language_code(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"[a-z]{2}", value):
+        raise _Invalid(f'must be "" or an ISO-639-1 code of two lowercase letters, got {value!r}')
+
+
+def _transcription_model(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in TRANSCRIPTION_MODELS:
+        raise _Invalid(
+            f"{value!r} is not a transcription model; "
+            f"choose one of {', '.join(TRANSCRIPTION_MODELS)}"
+        )
+
+
+def _max_output_tokens(_instance: Any, _attribute: attrs.Attribute[Any], value: object) -> None:
+    if value == "inf":
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096:
+        return
+    raise _Invalid(f'must be an integer from 1 to 4096 or "inf", got {value!r}')
+
+
+def _single_modality(
+    _instance: Any, _attribute: attrs.Attribute[Any], value: tuple[OutputModality, ...]
+) -> None:
+    if len(value) != 1:
+        raise _Invalid('must be exactly ["audio"] or ["text"]')
+
+
+# Metadata key for a field whose TOML shape the converter cannot derive from its type alone.
+_STRUCTURE: Final = "bridge.config.structure"
+
+
+def _structure_max_output_tokens(value: object, _type: Any) -> int | Literal["inf"]:
+    if value == "inf":
+        return "inf"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    got = repr(value) if isinstance(value, str) else _kind(value)
+    raise _Invalid(f'must be an integer from 1 to 4096 or "inf", got {got}')
+
+
+def _structure_output_modalities(value: object, _type: Any) -> tuple[OutputModality, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f'must be a list, ["audio"] or ["text"], got {_kind(value)}')
+    return tuple(_structure_choice(item, OutputModality) for item in value)
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration tree. Every key is optional; the defaults are a working loopback setup.
+
+
+@attrs.frozen(kw_only=True)
+class ServiceConfig:
+    name: str = attrs.field(default="bridge", validator=_not_empty)
+    max_calls: int = attrs.field(default=200, validator=_at_least(1))
+    shutdown_grace_s: float = attrs.field(default=30.0, validator=_at_least(0.0))
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.LOGFMT
+
+
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    """The realtime model endpoint (realtime-api.md §1; Azure §6.1)."""
+
+    provider: Provider = Provider.LOOPBACK
+    url: str = attrs.field(default="", validator=_websocket_url)
+    model: str = attrs.field(default="gpt-realtime", validator=_not_empty)
+    api_key: SecretSource = attrs.field(default=SecretSource(env="OPENAI_API_KEY"))
+    dialect: Dialect = Dialect.GA
+    connect_timeout_s: float = attrs.field(default=10.0, validator=_above(0.0))
+    session_timeout_s: float = attrs.field(default=10.0, validator=_above(0.0))
+    max_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024 * 1024))
+
+    @property
+    def effective_url(self) -> str:
+        """The endpoint to dial: `url`, or the provider's well-known one when `url` is empty.
+
+        Empty for providers without a public default (azure and compatible are required to set
+        `url`) and for loopback, where the daemon runs the model itself.
+        """
+        if self.url:
+            return self.url
+        if self.provider is Provider.OPENAI:
+            return OPENAI_REALTIME_URL
+        return ""
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if not self.url and self.provider is Provider.AZURE:
+            yield "url", f"required for provider azure, e.g. {AZURE_URL_EXAMPLE!r}"
+        if not self.url and self.provider is Provider.COMPATIBLE:
+            yield "url", "required for provider compatible: the server's realtime websocket URL"
+        if self.provider is not Provider.LOOPBACK and not (self.api_key.env or self.api_key.file):
+            yield "api_key_env", f"provider {self.provider.value} needs api_key_env or api_key_file"
+        if self.dialect is Dialect.BETA and self.provider not in (
+            Provider.COMPATIBLE,
+            Provider.LOOPBACK,
+        ):
+            yield (
+                "dialect",
+                f"dialect beta is only allowed with provider compatible or loopback, "
+                f"not {self.provider.value}",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class TranscriptionConfig:
+    """Input audio transcription (realtime-api.md §2.3)."""
+
+    enabled: bool = True
+    model: str = attrs.field(default="gpt-4o-mini-transcribe", validator=_transcription_model)
+    language: str = attrs.field(default="", validator=_language_code)
+    prompt: str = ""
+
+
+_SERVER_VAD_ONLY: Final = (
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "idle_timeout_ms",
+)
+
+
+@attrs.frozen(kw_only=True)
+class TurnDetectionConfig:
+    """Turn detection (realtime-api.md §2.1/§2.2). Unset parameters keep the server's default."""
+
+    type: TurnDetectionType = TurnDetectionType.SERVER_VAD
+    threshold: float | None = attrs.field(default=None, validator=_optional(_between(0.0, 1.0)))
+    prefix_padding_ms: int | None = attrs.field(default=None, validator=_optional(_at_least(0)))
+    silence_duration_ms: int | None = attrs.field(default=None, validator=_optional(_at_least(0)))
+    idle_timeout_ms: int | None = attrs.field(
+        default=None, validator=_optional(_between(5000, 30000))
+    )
+    eagerness: Eagerness | None = None
+    create_response: bool = True
+    interrupt_response: bool = True
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if self.type is not TurnDetectionType.SERVER_VAD:
+            for name in _SERVER_VAD_ONLY:
+                if getattr(self, name) is not None:
+                    yield name, f"{name} applies to server_vad only"
+        if self.type is not TurnDetectionType.SEMANTIC_VAD and self.eagerness is not None:
+            yield "eagerness", "eagerness applies to semantic_vad only"
+
+
+@attrs.frozen(kw_only=True)
+class NoiseReductionConfig:
+    type: NoiseReductionType = NoiseReductionType.NEAR_FIELD
+
+
+@attrs.frozen(kw_only=True)
+class SessionConfig:
+    """What the model is told at session start (realtime-api.md §1.3 GA, §1.4 beta)."""
+
+    # A str.format template: {caller}, {called}, {call_id} and the call's custom parameters.
+    instructions: str = attrs.field(default=DEFAULT_INSTRUCTIONS, validator=_template)
+    voice: Voice = Voice.MARIN
+    output_modalities: tuple[OutputModality, ...] = attrs.field(
+        default=(OutputModality.AUDIO,),
+        validator=_single_modality,
+        metadata={_STRUCTURE: _structure_output_modalities},
+    )
+    audio_format: AudioFormat = AudioFormat.CALL
+    speed: float = attrs.field(default=1.0, validator=_between(0.25, 1.5))
+    greeting: str = ""
+    temperature: float | None = attrs.field(default=None, validator=_optional(_between(0.6, 1.2)))
+    max_output_tokens: int | Literal["inf"] = attrs.field(
+        default="inf",
+        validator=_max_output_tokens,
+        metadata={_STRUCTURE: _structure_max_output_tokens},
+    )
+    tool_choice: ToolChoice = ToolChoice.AUTO
+    transcription: TranscriptionConfig = attrs.field(factory=TranscriptionConfig)
+    turn_detection: TurnDetectionConfig = attrs.field(factory=TurnDetectionConfig)
+    noise_reduction: NoiseReductionConfig = attrs.field(factory=NoiseReductionConfig)
+
+
+@attrs.frozen(kw_only=True)
+class CallConfig:
+    max_duration_s: float = attrs.field(default=3600.0, validator=_above(0.0))
+    # 20 ms caller frames per input_audio_buffer.append: fewer, larger messages at high call counts.
+    input_batch_frames: int = attrs.field(default=1, validator=_between(1, 50))
+    # Digits typed within this gap reach the model together; "#" flushes at once.
+    dtmf_flush_ms: int = attrs.field(default=1500, validator=_at_least(0))
+
+
+@attrs.frozen(kw_only=True)
+class RecordsConfig:
+    enabled: bool = True
+    directory: str = attrs.field(default="records", validator=_not_empty)
+    transcripts: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class MediaStreamIngressConfig:
+    """Twilio-style websocket media streams (protocols.md, media streams)."""
+
+    enabled: bool = True
+    host: str = attrs.field(default="127.0.0.1", validator=_not_empty)
+    port: int = attrs.field(default=8765, validator=_between(0, 65535))
+    path: str = attrs.field(default="/media", validator=_url_path)
+    auth: MediaStreamAuth = MediaStreamAuth.SHARED_SECRET
+    # Twilio signs the URL exactly as written in the TwiML, so it cannot be derived from host/port.
+    public_url: str = attrs.field(default="", validator=_public_stream_url)
+    auth_token: SecretSource = attrs.field(default=SecretSource(env="TWILIO_AUTH_TOKEN"))
+    shared_secret: SecretSource = attrs.field(default=SecretSource(env="BRIDGE_MEDIA_SECRET"))
+    secret_parameter: str = attrs.field(default="secret", validator=_not_empty)
+    outbound_chunk_frames: int = attrs.field(default=5, validator=_between(1, 50))
+    playout_lead_ms: int = attrs.field(default=1000, validator=_at_least(100))
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if self.auth is MediaStreamAuth.TWILIO_SIGNATURE and not self.public_url:
+            yield (
+                "public_url",
+                'required when auth = "twilio_signature": the wss:// URL exactly as written '
+                "in the TwiML <Stream url=...>",
+            )
+        if self.auth is MediaStreamAuth.TWILIO_SIGNATURE and not (
+            self.auth_token.env or self.auth_token.file
+        ):
+            yield (
+                "auth_token_env",
+                'auth = "twilio_signature" needs auth_token_env or auth_token_file',
+            )
+        if self.auth is MediaStreamAuth.SHARED_SECRET and not (
+            self.shared_secret.env or self.shared_secret.file
+        ):
+            yield (
+                "shared_secret_env",
+                'auth = "shared_secret" needs shared_secret_env or shared_secret_file',
+            )
+
+
+@attrs.frozen(kw_only=True)
+class IngressConfig:
+    mediastream: MediaStreamIngressConfig = attrs.field(factory=MediaStreamIngressConfig)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    service: ServiceConfig = attrs.field(factory=ServiceConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
+    model: ModelConfig = attrs.field(factory=ModelConfig)
+    session: SessionConfig = attrs.field(factory=SessionConfig)
+    call: CallConfig = attrs.field(factory=CallConfig)
+    records: RecordsConfig = attrs.field(factory=RecordsConfig)
+    ingress: IngressConfig = attrs.field(factory=IngressConfig)
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if self.session.temperature is not None and self.model.dialect is Dialect.GA:
+            yield (
+                "session.temperature",
+                "temperature is not part of the GA protocol; remove it, or use "
+                'model.dialect = "beta" with a provider that speaks beta',
+            )
+
+
+# Keys that look like a secret written inline; they get a pointer to the *_env/*_file keys.
+_INLINE_SECRET_KEYS: Final = frozenset({"api_key", "auth_token", "shared_secret"})
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def default_config() -> Config:
+    """Every key at its default: provider loopback, media streams on 127.0.0.1:8765."""
+    return Config()
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Structure and validate a parsed TOML document; ConfigError lists every problem."""
+    try:
+        return _converter.structure(data, Config)
+    except ClassValidationError as exc:
+        raise ConfigError(_messages(exc, "$")) from None
+    except _Invalid as exc:
+        raise ConfigError([f"{exc} @ $"]) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML file, apply `--set key.path=value` overrides, structure and validate it."""
+    data = _read_toml(path)
+    problems = _apply_overrides(data, overrides)
+    try:
+        config = config_from_dict(data)
+    except ConfigError as exc:
+        problems.extend(exc.messages)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def check_config_main(path: str, overrides: Sequence[str], out: TextIO) -> int:
+    """`bridge check-config FILE`: print OK and a summary (exit 0), or every problem (exit 78)."""
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(f"error: {message}", file=out)
+        return EX_CONFIG
+    for line in _summary(path, config):
+        print(line, file=out)
+    return 0
+
+
+def _summary(path: str, config: Config) -> Iterator[str]:
+    model = config.model
+    yield f"OK: {path}"
+    if model.provider is Provider.LOOPBACK:
+        yield f"  model: provider loopback (built in), model {model.model}"
+    else:
+        yield (
+            f"  model: provider {model.provider.value}, model {model.model}, "
+            f"dialect {model.dialect.value}, url {model.effective_url}, "
+            f"api key from {model.api_key.describe()}"
+        )
+    stream = config.ingress.mediastream
+    if not stream.enabled:
+        yield "  ingress mediastream: disabled"
+        return
+    auth = stream.auth.value
+    if stream.auth is MediaStreamAuth.TWILIO_SIGNATURE:
+        auth += f" (token from {stream.auth_token.describe()}, public_url {stream.public_url})"
+    elif stream.auth is MediaStreamAuth.SHARED_SECRET:
+        auth += (
+            f" (parameter {stream.secret_parameter!r}, "
+            f"secret from {stream.shared_secret.describe()})"
+        )
+    host = f"[{stream.host}]" if ":" in stream.host else stream.host
+    yield f"  ingress mediastream: listening on ws://{host}:{stream.port}{stream.path}, auth {auth}"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and overriding.
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as config_file:
+            return tomllib.load(config_file)
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {name}: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{name} is not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{name} is not valid TOML: not UTF-8 text"]) from None
+
+
+def _parse_override_value(text: str) -> Any:
+    # A value that is not valid TOML on its own (openai, /var/lib/x, 0.0.0.0) is taken as a bare
+    # string, so the common case needs no shell-quoted TOML quotes.
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """Apply each `key.path=value` to `data` in place; return one message per bad override."""
+    problems = []
+    for item in overrides:
+        key_path, equals, text = item.partition("=")
+        keys = [key.strip() for key in key_path.split(".")]
+        if not equals or not all(keys):
+            problems.append(f"--set expects key.path=value, got {item!r}")
+            continue
+        table = data
+        for depth, key in enumerate(keys[:-1]):
+            child = table.get(key)
+            if child is None:
+                child = table[key] = {}
+            elif not isinstance(child, dict):
+                where = "$." + ".".join(keys[: depth + 1])
+                problems.append(f"--set {key_path}: {key} is not a table @ {where}")
+                break
+            table = child
+        else:
+            table[keys[-1]] = _parse_override_value(text)
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# The converter. Every config class above is structured by `_section_hook`, which wraps the
+# cattrs-generated function with three things cattrs has no notion of: secret keys (two TOML keys,
+# `x_env` and `x_file`, become one SecretSource field `x`), per-key validators, and the
+# section's own cross-key `_problems()`.
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _kind(value: object) -> str:
+    # Type only, never the value: the value might be a secret typed into the wrong key.
+    match value:
+        case bool():
+            return "a boolean"
+        case int():
+            return "an integer"
+        case float():
+            return "a float"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "a table"
+        case _:
+            return f"a {type(value).__name__}"
+
+
+def _structure_str(value: object, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _structure_bool(value: object, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _structure_int(value: object, _type: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {_kind(value)}")
+    return value
+
+
+def _structure_float(value: object, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _structure_choice(value: object, choices: type[_E]) -> _E:
+    allowed = ", ".join(str(member.value) for member in choices)
+    noun = _CHOICE_NOUNS.get(choices, f"a {choices.__name__}")
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, one of {allowed}; got {_kind(value)}")
+    for member in choices:
+        if member.value == value:
+            return member
+    raise _Invalid(f"{value!r} is not {noun}; choose one of {allowed}")
+
+
+def _is_config_class(cls: Any) -> bool:
+    return isinstance(cls, type) and attrs.has(cls) and cls.__module__ == __name__
+
+
+def _secret_fields(cls: type[Any]) -> list[attrs.Attribute[Any]]:
+    return [field for field in attrs.fields(cls) if field.type is SecretSource]
+
+
+def _toml_keys(cls: type[Any]) -> list[str]:
+    keys = []
+    for field in attrs.fields(cls):
+        if field.type is SecretSource:
+            keys += [f"{field.name}_env", f"{field.name}_file"]
+        else:
+            keys.append(field.name)
+    return keys
+
+
+def _at_key(exc: Exception, key: str) -> Exception:
+    # The same note cattrs attaches, so one message walker handles both.
+    exc.__notes__ = [*getattr(exc, "__notes__", []), AttributeValidationNote(key, key, Any)]
+    return exc
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _take_secret_source(
+    data: dict[str, Any], field: attrs.Attribute[Any], errors: list[Exception]
+) -> SecretSource:
+    default = field.default
+    assert isinstance(default, SecretSource)
+    env_key, file_key = f"{field.name}_env", f"{field.name}_file"
+    env = data.pop(env_key, default.env)
+    file = data.pop(file_key, default.file)
+    if not isinstance(env, str):
+        errors.append(_at_key(_Invalid(f"expected a string, got {_kind(env)}"), env_key))
+    elif env and not _ENV_NAME.fullmatch(env):
+        # Never echo it: the likeliest mistake is the secret itself pasted here.
+        errors.append(
+            _at_key(
+                _Invalid(
+                    "must be the NAME of an environment variable (letters, digits, _), "
+                    "not the secret itself"
+                ),
+                env_key,
+            )
+        )
+    if not isinstance(file, str):
+        errors.append(_at_key(_Invalid(f"expected a string, got {_kind(file)}"), file_key))
+    if errors:
+        return default
+    return SecretSource(env=env, file=file)
+
+
+def _field_hook(field: attrs.Attribute[Any]) -> Callable[[Any, Any], Any]:
+    structure: Callable[[Any, Any], Any] = field.metadata.get(_STRUCTURE) or (
+        _converter.get_structure_hook(field.type)
+    )
+    validator = field.validator
+    if validator is None:
+        return structure
+
+    def structure_and_check(value: Any, type_: Any) -> Any:
+        result = structure(value, type_)
+        validator(None, field, result)
+        return result
+
+    return structure_and_check
+
+
+def _section_hook(cls: type[Any]) -> Callable[[Any, Any], Any]:
+    attrs.resolve_types(cls)
+    secret_fields = _secret_fields(cls)
+    field_overrides: dict[str, Any] = {
+        field.name: override(omit=True)
+        if field.type is SecretSource
+        else override(struct_hook=_field_hook(field))
+        for field in attrs.fields(cls)
+    }
+    structure_generated = make_dict_structure_fn(
+        cls,
+        _converter,
+        _cattrs_forbid_extra_keys=True,
+        _cattrs_detailed_validation=True,
+        **field_overrides,
+    )
+    check_section = getattr(cls, "_problems", None)
+
+    def structure_section(value: Any, _type: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected a table, got {_kind(value)}")
+        data = dict(value)
+        errors: list[Exception] = []
+        secrets = {field.name: _take_secret_source(data, field, errors) for field in secret_fields}
+        try:
+            section = structure_generated(data, cls)
+        except ClassValidationError as exc:
+            errors[:0] = exc.exceptions
+        if errors:
+            raise ClassValidationError(f"While structuring {cls.__name__}", errors, cls)
+        if secrets:
+            section = attrs.evolve(section, **secrets)
+        if check_section is not None:
+            problems = [_at_key(_Invalid(message), key) for key, message in check_section(section)]
+            if problems:
+                raise ClassValidationError(f"While checking {cls.__name__}", problems, cls)
+        return section
+
+    return structure_section
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+_converter.register_structure_hook(str, _structure_str)
+_converter.register_structure_hook(bool, _structure_bool)
+_converter.register_structure_hook(int, _structure_int)
+_converter.register_structure_hook(float, _structure_float)
+_converter.register_structure_hook_func(
+    lambda cls: isinstance(cls, type) and issubclass(cls, enum.Enum), _structure_choice
+)
+_converter.register_structure_hook_factory(_is_config_class, _section_hook)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors as messages, in cattrs transform_error style ("<problem> @ $.section.key").
+
+
+def _unknown_key_message(key: str, cls: type[Any]) -> str:
+    if key in _INLINE_SECRET_KEYS:
+        if any(field.name == key for field in _secret_fields(cls)):
+            return (
+                f"{key} must not hold the secret itself: put the secret in an environment "
+                f"variable or a file and name it with {key}_env or {key}_file"
+            )
+        return f"unknown key {key!r} (secrets never go in the config file)"
+    close = difflib.get_close_matches(key, _toml_keys(cls), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}"
+
+
+def _messages(exc: BaseException, path: str) -> list[str]:
+    messages = []
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            messages += _messages(sub, f"{path}.{note.name}")
+        for sub in without:
+            messages += _messages(sub, path)
+    elif isinstance(exc, IterableValidationError):
+        with_index, without = exc.group_exceptions()
+        for sub, index_note in with_index:
+            messages += _messages(sub, f"{path}[{index_note.index!r}]")
+        for sub in without:
+            messages += _messages(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            messages.append(f"{_unknown_key_message(key, exc.cl)} @ {path}.{key}")
+    elif isinstance(exc, _Invalid):
+        messages.append(f"{exc} @ {path}")
+    else:
+        # Not expected from the hooks above; say what happened rather than hide it.
+        messages.append(f"invalid value ({type(exc).__name__}: {exc}) @ {path}")
+    return messages
