@@ -13,6 +13,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import trio
@@ -115,10 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 trio.run(_run_loopback, args.host, args.port, args.dialect)
                 return 0
     except ConfigError as error:
-        for _message in error.messages:
-            pass
+        for message in error.messages:
+            print(message, file=sys.stderr)
         return EX_CONFIG
-    except BridgeError:
+    except BridgeError as error:
+        print(f"bridge: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -166,6 +168,8 @@ def _report(result: CallerResult | None, out: str, codec: Codec) -> None:
     if result is None:
         raise BridgeError("the test call did not run")
     audiofiles.write_wav(out, codec, result.heard_timeline)
+    print(result.summary())
+    print(f"recording:        {Path(out).resolve()}")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -192,6 +196,7 @@ def _demo(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             listening = await nursery.start(functools.partial(serve, config, environ=environ))
             url = f"ws://{_connect_host(ingress.host)}:{listening.mediastream_port}{ingress.path}"
+            print(f"daemon up: {url} -> {config.model.provider.value} model")
             result = await run_caller(
                 url,
                 codec=codec,
