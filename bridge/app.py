@@ -34,10 +34,10 @@ from bridge.call.events import (
     TelephonyEvent,
 )
 from bridge.config import AudioFormat, Config, MediaStreamAuth, Provider, TurnDetectionType
+from bridge.credentials import SecretSource, read_secret
 from bridge.errors import ConfigError
 from bridge.logs import call_logger
 from bridge.records import append_record
-from bridge.credentials import SecretSource, read_secret
 from bridge.supervisor import run_call
 
 log = logging.getLogger("bridge")
@@ -179,7 +179,7 @@ async def _run_one_call(
     api_key = read_secret(config.model.api_key, environ)
 
     async def agent(
-        call: CallInfo,
+        info: CallInfo,
         events: trio.MemorySendChannel[AgentEvent],
         commands: trio.MemoryReceiveChannel[AgentCommand],
         *,
@@ -188,7 +188,7 @@ async def _run_one_call(
         await run_realtime_leg(
             model=config.model,
             session=config.session,
-            call=call,
+            call=info,
             api_key=api_key,
             url=model_url,
             events=events,

@@ -15,6 +15,7 @@ import attrs
 import trio
 import trio_websocket
 
+from bridge.adapters.websocket_client import run_client_websocket
 from bridge.call.events import Codec
 from bridge.media import g711
 from bridge.proto.mediastream.gateway import GatewayStatistics, SimulatedGateway
@@ -62,29 +63,36 @@ async def run_caller(
     audio: bytes,
     custom_parameters: Mapping[str, str] | None = None,
     dtmf: Sequence[tuple[float, str]] = (),
+    inject: Sequence[tuple[float, str]] = (),
     quiet_s: float = 1.5,
     max_duration_s: float = 30.0,
     wait_for_reply: bool = True,
     extra_headers: Sequence[tuple[str, str]] = (),
 ) -> CallerResult:
-    """Call the daemon at `url` (a ws:// media-stream URL) and return what happened."""
+    """Call the daemon at `url` (a ws:// media-stream URL) and return what happened.
+
+    `audio` is the caller's side of the line from the start (speech and pauses); `dtmf` presses
+    keys and `inject` sends raw text frames (tests: malformed input), both at seconds from start.
+    """
     gateway = SimulatedGateway(codec=codec, custom_parameters=custom_parameters)
     silence_frame = g711.silence(codec, g711.FRAME_BYTES)
     frames = [audio[i : i + g711.FRAME_BYTES] for i in range(0, len(audio), g711.FRAME_BYTES)]
     pending_dtmf = sorted(dtmf)
+    pending_raw = sorted(inject)
     hung_up_by = "caller"
     close_code: int | None = None
     headers = [(k.encode(), v.encode()) for k, v in extra_headers]
-    async with trio_websocket.open_websocket_url(
-        url, extra_headers=headers, connect_timeout=10, disconnect_timeout=2
-    ) as ws:
-        start = trio.current_time()
+    clock = {"start": 0.0, "end": 0.0}
+
+    async def converse(ws: trio_websocket.WebSocketConnection) -> None:
+        nonlocal hung_up_by, close_code
+        start = clock["start"] = trio.current_time()
         quiet_since = start
 
         def closed_by_daemon(closed: trio_websocket.ConnectionClosed) -> None:
             nonlocal hung_up_by, close_code
             hung_up_by = "daemon"
-            close_code = closed.reason.code
+            close_code = closed.reason.code if closed.reason else None
 
         async def read(cancel_scope: trio.CancelScope) -> None:
             nonlocal quiet_since
@@ -112,6 +120,8 @@ async def run_caller(
                 await ws.send_message(gateway.media_message(frame, timestamp_ms=index * 20))
                 while pending_dtmf and pending_dtmf[0][0] <= now - start:
                     await ws.send_message(gateway.dtmf_message(pending_dtmf.pop(0)[1]))
+                while pending_raw and pending_raw[0][0] <= now - start:
+                    await ws.send_message(pending_raw.pop(0)[1])
                 index += 1
                 if gateway.playing:
                     quiet_since = math.inf
@@ -132,7 +142,28 @@ async def run_caller(
             except trio_websocket.ConnectionClosed as closed:
                 closed_by_daemon(closed)
             nursery.cancel_scope.cancel()
-        end = trio.current_time()
+
+        clock["end"] = trio.current_time()
+
+    try:
+        await run_client_websocket(
+            url,
+            extra_headers=headers,
+            message_queue_size=256,
+            max_message_size=1 << 20,
+            connect_timeout=10,
+            run=converse,
+        )
+    except BaseExceptionGroup as group:
+        # A refused handshake is the one failure a caller wants to see as itself.
+        rejected = group.subgroup(trio_websocket.ConnectionRejected)
+        if rejected is None:
+            raise
+        leaf: BaseException = rejected
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
+    start, end = clock["start"], clock["end"]
     gateway.advance(end)
     return CallerResult(
         codec=codec,

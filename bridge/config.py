@@ -36,8 +36,8 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from bridge.errors import ConfigError
 from bridge.credentials import SecretSource
+from bridge.errors import ConfigError
 
 EX_CONFIG: Final = 78  # sysexits.h: "configuration error"
 

@@ -28,7 +28,7 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer broke the protocol; `hint` says what to answer (a websocket close code, a SIP status)."""
+    """The peer broke the protocol; `hint` says what to answer (close code, SIP status)."""
 
     def __init__(self, message: str, *, hint: int) -> None:
         super().__init__(message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -64,9 +65,16 @@ def setup_logging(
     root.propagate = False
 
 
-CallLogger = logging.LoggerAdapter[logging.Logger]
+class CallLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger adapter that adds its fields to a record's own `extra` (3.11 replaces them)."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 def call_logger(call_id: str, name: str = "bridge.call") -> CallLogger:
     """A logger whose every record carries `call_id`."""
-    return logging.LoggerAdapter(logging.getLogger(name), {"call_id": call_id})
+    return CallLogger(logging.getLogger(name), {"call_id": call_id})

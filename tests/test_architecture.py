@@ -1,4 +1,4 @@
-"""The sans-IO rule (DESIGN.md rule 1): protocol, media and call code does no I/O and reads no clock."""
+"""The sans-IO rule (DESIGN.md rule 1): protocol, media and call code do no I/O, read no clock."""
 
 from __future__ import annotations
 

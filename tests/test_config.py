@@ -35,8 +35,8 @@ from bridge.config import (
     default_config,
     load_config,
 )
-from bridge.errors import ConfigError, SecretError
 from bridge.credentials import Secret, SecretSource, read_secret
+from bridge.errors import ConfigError, SecretError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"

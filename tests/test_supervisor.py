@@ -129,7 +129,9 @@ async def call(phone: ScriptedPhone, model: ScriptedModel, **settings: Any) -> d
 
 async def test_caller_hangup_closes_the_model_at_once(autojump_clock: trio.abc.Clock) -> None:
     frame = b"\x11" * 160
-    phone = ScriptedPhone([(0.02, CallerAudio(frame)), (1.0, TelephonyEnded(EndReason.CALLER_HANGUP))])
+    phone = ScriptedPhone(
+        [(0.02, CallerAudio(frame)), (1.0, TelephonyEnded(EndReason.CALLER_HANGUP))]
+    )
     model = ScriptedModel()
     record = await call(phone, model)
     assert record["end_reason"] == "caller_hangup"
@@ -174,12 +176,16 @@ async def test_maximum_duration(autojump_clock: trio.abc.Clock) -> None:
     assert [c for _, c in phone.commands] == [HangUp(EndReason.MAX_DURATION)]
 
 
-async def test_model_audio_relayed_and_played_audio_reported(autojump_clock: trio.abc.Clock) -> None:
+async def test_model_audio_relayed_and_played_audio_reported(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     reply = bytes(range(160)) * 3
     phone = ScriptedPhone(
         [(0.5, AudioPlayed("i1", 320)), (0.6, TelephonyEnded(EndReason.CALLER_HANGUP))]
     )
-    model = ScriptedModel([(0.35, AgentResponseStarted("r1")), (0.4, AgentAudio("r1", "i1", reply))])
+    model = ScriptedModel(
+        [(0.35, AgentResponseStarted("r1")), (0.4, AgentAudio("r1", "i1", reply))]
+    )
     record = await call(phone, model)
     assert [c for _, c in phone.commands] == [PlayAudio("i1", reply)]
     assert record["statistics"]["played_bytes"] == 320

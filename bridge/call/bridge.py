@@ -211,7 +211,6 @@ class CallBridge:
                 return self._end(reason, detail, now, hang_up=False)
             case AgentEnded(reason=reason, detail=detail):
                 return self._end(reason, detail, now, close_agent=False)
-        return []
 
     def handle_timeout(self, now: float) -> list[Command]:
         """Run the timers that are due at `now`."""

@@ -11,7 +11,11 @@ from bridge.proto.mediastream.gateway import SimulatedGateway
 
 def media(payload: bytes) -> str:
     return json.dumps(
-        {"event": "media", "streamSid": "MZ1", "media": {"payload": base64.b64encode(payload).decode()}}
+        {
+            "event": "media",
+            "streamSid": "MZ1",
+            "media": {"payload": base64.b64encode(payload).decode()},
+        }
     )
 
 
