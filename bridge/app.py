@@ -80,6 +80,37 @@ def _required_secret(source: SecretSource, what: str, key: str, environ: Mapping
     return value
 
 
+@attrs.frozen
+class StartupSecrets:
+    """The ingress secrets the daemon needs before it can listen (never logged)."""
+
+    auth_token: str | None
+    shared_secret: str | None
+
+
+def startup_secrets(config: Config, environ: Mapping[str, str]) -> StartupSecrets:
+    """Read every secret the config needs now; a missing one is a ConfigError naming its key."""
+    ingress = config.ingress.mediastream
+    auth_token = shared_secret = None
+    if ingress.auth is MediaStreamAuth.TWILIO_SIGNATURE:
+        auth_token = _required_secret(
+            ingress.auth_token,
+            "the Twilio auth token",
+            "ingress.mediastream.auth_token_env",
+            environ,
+        )
+    elif ingress.auth is MediaStreamAuth.SHARED_SECRET:
+        shared_secret = _required_secret(
+            ingress.shared_secret,
+            "the media-stream shared secret",
+            "ingress.mediastream.shared_secret_env",
+            environ,
+        )
+    if config.model.provider is not Provider.LOOPBACK:
+        _required_secret(config.model.api_key, "the model API key", "model.api_key_env", environ)
+    return StartupSecrets(auth_token=auth_token, shared_secret=shared_secret)
+
+
 class _Calls:
     """Counts calls in progress against the configured maximum."""
 
@@ -99,29 +130,13 @@ async def serve(
     environ = os.environ if environ is None else environ
     rng = rng or random.SystemRandom()
     ingress = config.ingress.mediastream
-    auth_token = shared_secret = None
-    if ingress.auth is MediaStreamAuth.TWILIO_SIGNATURE:
-        auth_token = _required_secret(
-            ingress.auth_token,
-            "the Twilio auth token",
-            "ingress.mediastream.auth_token_env",
-            environ,
-        )
-    elif ingress.auth is MediaStreamAuth.SHARED_SECRET:
-        shared_secret = _required_secret(
-            ingress.shared_secret,
-            "the media-stream shared secret",
-            "ingress.mediastream.shared_secret_env",
-            environ,
-        )
-    else:
+    secrets = startup_secrets(config, environ)
+    if ingress.auth is MediaStreamAuth.NONE:
         log.warning(
             "media-stream authentication is OFF: anyone who can reach the listener can place "
             "calls on your model account",
             extra={"listen": f"{ingress.host}:{ingress.port}"},
         )
-    if config.model.provider is not Provider.LOOPBACK:
-        _required_secret(config.model.api_key, "the model API key", "model.api_key_env", environ)
 
     calls = _Calls(config.service.max_calls)
 
@@ -154,8 +169,8 @@ async def serve(
                 serve_mediastream,
                 ingress,
                 handle_call=handle_call,
-                auth_token=auth_token,
-                shared_secret=shared_secret,
+                auth_token=secrets.auth_token,
+                shared_secret=secrets.shared_secret,
                 log=logging.getLogger("bridge.mediastream"),
                 new_call_id=lambda: f"c-{rng.getrandbits(64):016x}",
             )

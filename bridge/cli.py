@@ -132,10 +132,12 @@ def _setup_logging(config: Config) -> None:
 
 
 async def _run_daemon(config: Config) -> None:
-    from bridge.app import serve
+    from bridge.app import serve, startup_secrets
 
+    # Missing secrets are config errors (exit 78); find them before any task starts.
+    startup_secrets(config, os.environ)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve, config)
+        await nursery.start(serve, config)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 # Cancelling ends every call cleanly: sockets closed, records written.
