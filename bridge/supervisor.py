@@ -34,6 +34,8 @@ RecordWriter = Callable[[dict[str, Any]], Awaitable[None]]
 # Room for bursts: the model sends audio faster than real time, the caller 50 frames a second.
 INBOX_SIZE = 1024
 LEG_COMMANDS_SIZE = 1024
+# Events handled per wake-up of the control loop, at most.
+INBOX_BATCH = 64
 # How long a leg may take to close its socket after being told to end.
 CLOSE_GRACE_S = 2.0
 
@@ -124,13 +126,26 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
         nursery.start_soon(run_telephony)
 
         while not bridge.ended:
-            commands: list[Command]
+            commands: list[Command] = []
             with trio.move_on_at(bridge.next_deadline()) as timer:
-                event = await inbox.receive()
-                commands = bridge.handle(event, trio.current_time())
+                try:
+                    event = await inbox.receive()
+                except trio.EndOfChannel:
+                    event = None
+            now = trio.current_time()
             if timer.cancelled_caught:
-                commands = bridge.handle_timeout(trio.current_time())
-            await dispatch(commands)
+                commands = bridge.handle_timeout(now)
+            elif event is None:
+                commands = bridge.end(EndReason.INTERNAL_ERROR, "both legs ended silently", now)
+            else:
+                commands = bridge.handle(event, now)
+                # Under load several events are waiting: take them all before sleeping again.
+                for _ in range(INBOX_BATCH):
+                    try:
+                        commands += bridge.handle(inbox.receive_nowait(), now)
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+            await dispatch(_coalesce_audio(commands))
 
         # The call is over: let both legs close cleanly, then stop whatever is left.
         to_tel_send.close()
@@ -139,6 +154,20 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
         nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE_S
     if dropped_audio:
         log.warning("caller audio dropped", extra={"messages": dropped_audio})
+
+
+def _coalesce_audio(commands: list[Command]) -> list[Command]:
+    """Join adjacent caller-audio sends: one append instead of several when the loop fell behind."""
+    if len(commands) < 2:
+        return commands
+    joined: list[Command] = []
+    for command in commands:
+        previous = joined[-1] if joined else None
+        if isinstance(command, SendAudio) and isinstance(previous, SendAudio):
+            joined[-1] = SendAudio(previous.payload + command.payload)
+        else:
+            joined.append(command)
+    return joined
 
 
 async def _discard(inbox: trio.MemoryReceiveChannel[Any]) -> None:

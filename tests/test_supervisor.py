@@ -206,3 +206,24 @@ async def test_cancellation_still_writes_the_record(autojump_clock: trio.abc.Clo
             write_record=write,
         )
     assert [r["end_reason"] for r in records] == ["shutdown"]
+
+
+def test_adjacent_caller_audio_is_joined_and_order_kept() -> None:
+    from bridge.call.events import AddUserText
+    from bridge.supervisor import _coalesce_audio
+
+    commands = [
+        SendAudio(b"a"),
+        SendAudio(b"b"),
+        AddUserText("x"),
+        SendAudio(b"c"),
+        PlayAudio("i", b"p"),
+        SendAudio(b"d"),
+    ]
+    assert _coalesce_audio(commands) == [
+        SendAudio(b"ab"),
+        AddUserText("x"),
+        SendAudio(b"c"),
+        PlayAudio("i", b"p"),
+        SendAudio(b"d"),
+    ]
