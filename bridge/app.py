@@ -1,9 +1,15 @@
 """serve(): the daemon — the model endpoint, the ingress listeners and one supervised task per call.
 
 `serve` resolves the model endpoint (starting the built-in loopback model when the provider is
-`loopback`), checks that every secret the config names can be read, opens the media-stream
-listener and reports `started(Listening(...))`. Each accepted stream becomes one call run by
-:func:`bridge.supervisor.run_call`; a call's failure never reaches this level.
+`loopback`), checks that every secret the config names can be read and that records can be
+written, opens the media-stream listener and reports `started(Listening(...))`. Each accepted
+stream becomes one call run by :func:`bridge.supervisor.run_call`; a call's failure never reaches
+this level. A call that cannot be taken (at capacity, shutting down) still runs through
+`run_call` with a model leg that refuses at once, so the caller is hung up on and the call gets
+its record like any other.
+
+When `draining` is set, new calls are refused, calls in progress get `service.shutdown_grace_s`
+to finish, and `serve` then returns, ending the rest cleanly.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import functools
 import logging
 import os
 import random
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,21 +31,15 @@ import trio
 from bridge.adapters.loopback_server import serve_loopback_model
 from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
 from bridge.adapters.realtime_ws import run_realtime_leg
+from bridge.agent.errors import AgentLegFailed
 from bridge.call.bridge import CallBridgeSettings
 from bridge.call.context import CallInfo
-from bridge.call.events import (
-    AgentCommand,
-    AgentEvent,
-    Codec,
-    EndReason,
-    HangUp,
-    TelephonyCommand,
-    TelephonyEvent,
-)
-from bridge.config import AudioFormat, Config, MediaStreamAuth, Provider, TurnDetectionType
+from bridge.call.events import AgentCommand, AgentEvent, EndReason
+from bridge.config import Config, MediaStreamAuth, Provider, TurnDetectionType
 from bridge.credentials import SecretSource, read_secret
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, SecretError
 from bridge.logs import call_logger
+from bridge.proto.realtime.session_config import session_codec
 from bridge.records import append_record
 from bridge.supervisor import run_call
 
@@ -45,25 +48,16 @@ log = logging.getLogger("bridge")
 
 @attrs.frozen
 class Listening:
-    """Where a started daemon can be reached."""
+    """Where a started daemon can be reached (port 0: the ingress is disabled)."""
 
     mediastream_port: int
     model_url: str
 
 
-def model_codec(config: Config, call_codec: Codec) -> Codec:
-    """The G.711 law the model session uses: the call's own unless the config forces one."""
-    if config.session.audio_format is AudioFormat.PCMU:
-        return Codec.PCMU
-    if config.session.audio_format is AudioFormat.PCMA:
-        return Codec.PCMA
-    return call_codec
-
-
 def bridge_settings(config: Config, info: CallInfo) -> CallBridgeSettings:
     turn_detection = config.session.turn_detection
     return CallBridgeSettings(
-        model_codec=model_codec(config, info.codec),
+        model_codec=session_codec(config.session, info),
         input_batch_frames=config.call.input_batch_frames,
         dtmf_flush_ms=config.call.dtmf_flush_ms,
         max_duration_s=config.call.max_duration_s,
@@ -73,19 +67,19 @@ def bridge_settings(config: Config, info: CallInfo) -> CallBridgeSettings:
     )
 
 
+@attrs.frozen
+class StartupSecrets:
+    """The ingress secrets the daemon needs before it can listen (never printed)."""
+
+    auth_token: str | None = attrs.field(repr=False)
+    shared_secret: str | None = attrs.field(repr=False)
+
+
 def _required_secret(source: SecretSource, what: str, key: str, environ: Mapping[str, str]) -> str:
     value = read_secret(source, environ)
     if value is None:
         raise ConfigError([f"{what} is not set: provide it in {source.describe()} @ $.{key}"])
     return value
-
-
-@attrs.frozen
-class StartupSecrets:
-    """The ingress secrets the daemon needs before it can listen (never logged)."""
-
-    auth_token: str | None
-    shared_secret: str | None
 
 
 def startup_secrets(config: Config, environ: Mapping[str, str]) -> StartupSecrets:
@@ -111,12 +105,47 @@ def startup_secrets(config: Config, environ: Mapping[str, str]) -> StartupSecret
     return StartupSecrets(auth_token=auth_token, shared_secret=shared_secret)
 
 
+def check_records_directory(config: Config) -> None:
+    """Create the records folder and prove it is writable now, not when the first call ends."""
+    if not config.records.enabled:
+        return
+    directory = Path(config.records.directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            [
+                f"cannot write call records in {str(directory)!r}: {error.strerror} "
+                "@ $.records.directory"
+            ]
+        ) from None
+
+
 class _Calls:
     """Counts calls in progress against the configured maximum."""
 
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
         self.active = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        self.active += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
 async def serve(
@@ -124,20 +153,21 @@ async def serve(
     *,
     environ: Mapping[str, str] | None = None,
     rng: random.Random | None = None,
+    draining: trio.Event | None = None,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until cancelled."""
+    """Run the daemon until cancelled, or until a drain set by `draining` is over."""
     environ = os.environ if environ is None else environ
     rng = rng or random.SystemRandom()
     ingress = config.ingress.mediastream
     secrets = startup_secrets(config, environ)
+    check_records_directory(config)
     if ingress.auth is MediaStreamAuth.NONE:
         log.warning(
             "media-stream authentication is OFF: anyone who can reach the listener can place "
             "calls on your model account",
             extra={"listen": f"{ingress.host}:{ingress.port}"},
         )
-
     calls = _Calls(config.service.max_calls)
 
     async with trio.open_nursery() as nursery:
@@ -153,45 +183,72 @@ async def serve(
             model_url = loopback.url
         else:
             model_url = config.model.effective_url
+            if model_url.startswith("ws://"):
+                log.warning(
+                    "the model URL is not encrypted (ws://): the API key crosses the network "
+                    "in clear text",
+                    extra={"provider": config.model.provider.value},
+                )
 
         async def handle_call(leg: MediaStreamLeg) -> None:
-            if calls.active >= calls.maximum:
-                await _refuse(leg)
-                return
-            calls.active += 1
-            try:
-                await _run_one_call(config, leg, model_url=model_url, environ=environ)
-            finally:
-                calls.active -= 1
+            refusal = None
+            if draining is not None and draining.is_set():
+                refusal = AgentLegFailed(EndReason.SHUTDOWN, "the daemon is shutting down")
+            elif calls.active >= calls.maximum:
+                refusal = AgentLegFailed(
+                    EndReason.AT_CAPACITY, f"{calls.maximum} calls already in progress"
+                )
+            with calls.counting():
+                await _run_one_call(
+                    config, leg, model_url=model_url, environ=environ, refusal=refusal
+                )
 
-        port = await nursery.start(
-            functools.partial(
-                serve_mediastream,
-                ingress,
-                handle_call=handle_call,
-                auth_token=secrets.auth_token,
-                shared_secret=secrets.shared_secret,
-                log=logging.getLogger("bridge.mediastream"),
-                new_call_id=lambda: f"c-{rng.getrandbits(64):016x}",
+        port = 0
+        if ingress.enabled:
+            port = await nursery.start(
+                functools.partial(
+                    serve_mediastream,
+                    ingress,
+                    handle_call=handle_call,
+                    auth_token=secrets.auth_token,
+                    shared_secret=secrets.shared_secret,
+                    log=logging.getLogger("bridge.mediastream"),
+                    new_call_id=lambda: f"c-{rng.getrandbits(64):016x}",
+                )
             )
-        )
-        log.info(
-            "listening",
-            extra={
-                "mediastream": f"ws://{ingress.host}:{port}{ingress.path}",
-                "provider": config.model.provider.value,
-                "model": config.model.model,
-            },
-        )
+            log.info(
+                "listening",
+                extra={
+                    "service": config.service.name,
+                    "mediastream": f"ws://{ingress.host}:{port}{ingress.path}",
+                    "provider": config.model.provider.value,
+                    "model": config.model.model,
+                },
+            )
+        else:
+            log.warning("no ingress is enabled: this daemon takes no calls")
         task_status.started(Listening(mediastream_port=port, model_url=model_url))
+
+        if draining is not None:
+            await draining.wait()
+            log.info(
+                "draining",
+                extra={"calls": calls.active, "grace_s": config.service.shutdown_grace_s},
+            )
+            with trio.move_on_after(config.service.shutdown_grace_s):
+                await calls.wait_idle()
+            nursery.cancel_scope.cancel()
 
 
 async def _run_one_call(
-    config: Config, leg: MediaStreamLeg, *, model_url: str, environ: Mapping[str, str]
+    config: Config,
+    leg: MediaStreamLeg,
+    *,
+    model_url: str,
+    environ: Mapping[str, str],
+    refusal: AgentLegFailed | None,
 ) -> None:
-    info = leg.info
-    call_log = call_logger(info.call_id)
-    api_key = read_secret(config.model.api_key, environ)
+    call_log = call_logger(leg.info.call_id)
 
     async def agent(
         info: CallInfo,
@@ -200,6 +257,15 @@ async def _run_one_call(
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        if refusal is not None:
+            raise refusal
+        api_key = None
+        if config.model.provider is not Provider.LOOPBACK:
+            # Read per call, so a rotated key (a new credential file) is used at once.
+            try:
+                api_key = read_secret(config.model.api_key, environ)
+            except SecretError as error:
+                raise AgentLegFailed(EndReason.MODEL_CONNECT_FAILED, str(error)) from None
         await run_realtime_leg(
             model=config.model,
             session=config.session,
@@ -216,33 +282,16 @@ async def _run_one_call(
 
     async def write_record(record: dict[str, Any]) -> None:
         if not records.transcripts:
+            # Transcripts and keypad digits (PINs, card numbers) stay out of the record.
             record.pop("transcript", None)
-        await trio.to_thread.run_sync(
-            append_record, records.directory, record, dt.datetime.now(dt.UTC)
-        )
+            record.pop("dtmf", None)
+        started = dt.datetime.fromisoformat(record["started_at"])
+        await trio.to_thread.run_sync(append_record, records.directory, record, started)
 
     await run_call(
         leg,
         agent,
-        settings=bridge_settings(config, info),
+        settings=bridge_settings(config, leg.info),
         log=call_log,
         write_record=write_record if records.enabled else None,
     )
-
-
-async def _refuse(leg: MediaStreamLeg) -> None:
-    """Hang up a call we have no room for, at once."""
-    call_logger(leg.info.call_id).warning("at capacity: call refused")
-    events_send, events = trio.open_memory_channel[TelephonyEvent](64)
-    commands_send, commands = trio.open_memory_channel[TelephonyCommand](1)
-    commands_send.send_nowait(HangUp(EndReason.AT_CAPACITY))
-
-    async def run_leg() -> None:
-        async with events_send:
-            await leg.run(events_send, commands)
-
-    with trio.move_on_after(2):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_leg)
-            async for _ in events:
-                pass

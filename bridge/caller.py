@@ -20,6 +20,8 @@ from bridge.call.events import Codec
 from bridge.media import g711
 from bridge.proto.mediastream.gateway import GatewayStatistics, SimulatedGateway
 
+PLAYOUT_TICK_S = 0.005
+
 
 @attrs.frozen(kw_only=True)
 class CallerResult:
@@ -34,6 +36,7 @@ class CallerResult:
     hung_up_by: str
     close_code: int | None
     statistics: GatewayStatistics
+    confirmed_at_clears: list[int]
 
     def summary(self) -> str:
         first = (
@@ -135,8 +138,18 @@ async def run_caller(
                     break
             await ws.send_message(gateway.stop_message())
 
+        async def play_out() -> None:
+            # Marks are echoed within a few milliseconds of their audio finishing, as Twilio
+            # does, not at the next 20 ms send tick.
+            while True:
+                await trio.sleep(PLAYOUT_TICK_S)
+                gateway.advance(trio.current_time())
+                for echo in gateway.messages_to_send():
+                    await ws.send_message(echo)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read, nursery.cancel_scope)
+            nursery.start_soon(play_out)
             try:
                 await talk()
             except trio_websocket.ConnectionClosed as closed:
@@ -177,4 +190,5 @@ async def run_caller(
         hung_up_by=hung_up_by,
         close_code=close_code,
         statistics=gateway.statistics(),
+        confirmed_at_clears=gateway.confirmed_at_clears,
     )

@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", default="reply.wav", help="WAV file of what the caller heard")
         sub.add_argument(
             "--dtmf",
+            type=_dtmf_press,
             action="append",
             default=[],
             metavar="SECONDS:DIGIT",
@@ -99,32 +100,50 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        match args.command:
-            case "check-config":
-                return check_config_main(args.file, args.overrides, sys.stdout)
-            case "run":
-                config = load_config(args.config, args.overrides)
-                _setup_logging(config)
-                trio.run(_run_daemon, config)
-                return 0
-            case "demo":
-                return _demo(args)
-            case "call":
-                return _call(args)
-            case "loopback-model":
-                setup_logging()
-                trio.run(_run_loopback, args.host, args.port, args.dialect)
-                return 0
-    except ConfigError as error:
+        return _command(args)
+    except BaseExceptionGroup as group:
+        # Errors raised inside a nursery arrive wrapped; report the first one as itself.
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        return _report_error(leaf)
+    except (BridgeError, OSError) as error:
+        return _report_error(error)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    match args.command:
+        case "check-config":
+            return check_config_main(args.file, args.overrides, sys.stdout)
+        case "run":
+            config = load_config(args.config, args.overrides)
+            _setup_logging(config)
+            trio.run(_run_daemon, config)
+            return 0
+        case "demo":
+            return _demo(args)
+        case "call":
+            return _call(args)
+        case "loopback-model":
+            setup_logging()
+            trio.run(_run_loopback, args.host, args.port, args.dialect)
+            return 0
+    return 1
+
+
+def _report_error(error: BaseException) -> int:
+    if isinstance(error, ConfigError):
         for message in error.messages:
             print(message, file=sys.stderr)
         return EX_CONFIG
-    except BridgeError as error:
+    if isinstance(error, BridgeError | OSError):
         print(f"bridge: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    if isinstance(error, KeyboardInterrupt):
         return 0
-    return 1
+    raise error
 
 
 def _setup_logging(config: Config) -> None:
@@ -132,17 +151,27 @@ def _setup_logging(config: Config) -> None:
 
 
 async def _run_daemon(config: Config) -> None:
-    from bridge.app import serve, startup_secrets
+    from bridge.app import check_records_directory, serve, startup_secrets
 
-    # Missing secrets are config errors (exit 78); find them before any task starts.
+    # Missing secrets and an unwritable records folder are config errors (exit 78): find them
+    # before any task starts.
     startup_secrets(config, os.environ)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve, config)
+    check_records_directory(config)
+    draining = trio.Event()
+
+    async def watch_signals(cancel_scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
-                # Cancelling ends every call cleanly: sockets closed, records written.
-                nursery.cancel_scope.cancel()
-                return
+                if draining.is_set():
+                    # A second signal: stop now; calls still end cleanly, records written.
+                    cancel_scope.cancel()
+                    return
+                draining.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, nursery.cancel_scope)
+        await serve(config, draining=draining)
+        nursery.cancel_scope.cancel()
 
 
 async def _run_loopback(host: str, port: int, dialect: str) -> None:
@@ -158,12 +187,16 @@ def _caller_audio(args: argparse.Namespace, codec: Codec) -> bytes:
     return synth.utterance(codec, duration_ms=1500)
 
 
-def _dtmf(values: Sequence[str]) -> list[tuple[float, str]]:
-    presses = []
-    for value in values:
-        at, _, digit = value.partition(":")
-        presses.append((float(at), digit))
-    return presses
+def _dtmf_press(value: str) -> tuple[float, str]:
+    """`SECONDS:DIGIT`, e.g. `2.5:7`, for --dtmf."""
+    at, _, digit = value.partition(":")
+    try:
+        seconds = float(at)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or len(digit) != 1 or digit not in "0123456789*#ABCD":
+        raise argparse.ArgumentTypeError(f"{value!r}: expected SECONDS:DIGIT, e.g. 2.5:7")
+    return seconds, digit
 
 
 def _report(result: CallerResult | None, out: str, codec: Codec) -> None:
@@ -204,7 +237,7 @@ def _demo(args: argparse.Namespace) -> int:
                 codec=codec,
                 audio=audio,
                 custom_parameters=parameters,
-                dtmf=_dtmf(args.dtmf),
+                dtmf=args.dtmf,
                 max_duration_s=args.max_duration,
             )
             nursery.cancel_scope.cancel()
@@ -243,7 +276,7 @@ def _call(args: argparse.Namespace) -> int:
             codec=codec,
             audio=_caller_audio(args, codec),
             custom_parameters=parameters,
-            dtmf=_dtmf(args.dtmf),
+            dtmf=args.dtmf,
             max_duration_s=args.max_duration,
         )
     )

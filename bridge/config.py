@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import os
 import re
 import string
@@ -172,7 +173,8 @@ _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 def _at_least(minimum: float) -> _Validator:
     def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value < minimum:
+        # Written so that NaN and infinity fail too: no duration or size is endless.
+        if not (value >= minimum and math.isfinite(value)):
             raise _Invalid(f"must be at least {minimum}, got {value}")
 
     return check
@@ -180,7 +182,7 @@ def _at_least(minimum: float) -> _Validator:
 
 def _above(minimum: float) -> _Validator:
     def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value <= minimum:
+        if not (value > minimum and math.isfinite(value)):
             raise _Invalid(f"must be greater than {minimum}, got {value}")
 
     return check

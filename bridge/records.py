@@ -28,7 +28,9 @@ def append_record(
     line = json.dumps(record, ensure_ascii=False, default=str, separators=(",", ":")) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
-        os.write(fd, line.encode())
+        data = memoryview(line.encode())
+        while data:
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)

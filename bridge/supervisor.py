@@ -1,15 +1,18 @@
 """run_call(): one nursery per call, wiring two legs to the pure CallBridge.
 
-The agent leg starts first and reports `started()` only once the model confirmed the call's audio
-formats; then the telephony leg runs. Every event from either leg goes through one inbox to the
-control loop, which feeds :class:`bridge.call.bridge.CallBridge` and sends its commands to the
-legs. The first end event (or the maximum duration) ends the call: the other leg is told to end,
-gets a short grace to close its socket cleanly, and is cancelled after that. Exactly one record is
-written per call, whatever happened, and no exception from one call escapes this function.
+Both legs start at once; the agent leg reports `AgentReady` once the model confirmed the call's
+audio formats, and caller audio waits for it in the agent's command channel. Every event from
+either leg goes through one inbox to the control loop, which feeds
+:class:`bridge.call.bridge.CallBridge` and sends its commands to the legs. The first end event (or
+the maximum duration) ends the call: the other leg is told to end, gets a short grace to close its
+socket cleanly, and is cancelled after that. A leg that returns without saying why ends the call
+too. Exactly one record is written per call, whatever happened, and no exception from one call
+escapes this function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,10 +24,12 @@ from bridge.agent.errors import AgentLegFailed
 from bridge.call.bridge import CallBridge, CallBridgeSettings, Command
 from bridge.call.events import (
     AgentCommand,
+    AgentEnded,
     AgentEvent,
     EndReason,
     SendAudio,
     TelephonyCommand,
+    TelephonyEnded,
     TelephonyEvent,
 )
 from bridge.logs import CallLogger
@@ -104,26 +109,33 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
                 await to_agent_send.send(command)
 
     agent_events = inbox_send.clone()
+    # Cancelled when the call ends before the model is ready: nothing is left to wait for.
+    connecting = trio.CancelScope()
 
-    async def run_agent(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # Each leg closes its inbox clone when it returns, so the inbox ends with the last leg.
+    async def run_agent() -> None:
         async with agent_events:
-            await agent(leg.info, agent_events, to_agent, task_status=task_status)
+            with connecting:
+                try:
+                    await agent(leg.info, agent_events, to_agent)
+                except AgentLegFailed as failure:
+                    log.warning(
+                        "model session failed",
+                        extra={"reason": failure.reason.value, "detail": failure.detail},
+                    )
+                    _report(agent_events, AgentEnded(failure.reason, failure.detail))
+                    return
+            _report(agent_events, AgentEnded(EndReason.MODEL_CLOSED, "the model leg ended"))
 
     async def run_telephony() -> None:
         async with inbox_send:
             await leg.run(inbox_send, to_tel)
+            _report(inbox_send, TelephonyEnded(EndReason.TELEPHONY_ERROR, "the phone leg ended"))
 
     async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(run_agent)
-        except AgentLegFailed as failure:
-            log.warning(
-                "model session failed",
-                extra={"reason": failure.reason.value, "detail": failure.detail},
-            )
-            await dispatch(bridge.end(failure.reason, failure.detail, trio.current_time()))
+        # Both legs start at once: a caller who hangs up while the model is still connecting is
+        # heard at once, and caller audio waits in the agent's command channel until it is ready.
         nursery.start_soon(run_telephony)
+        nursery.start_soon(run_agent)
 
         while not bridge.ended:
             commands: list[Command] = []
@@ -147,10 +159,13 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
                         break
             await dispatch(_coalesce_audio(commands))
 
-        # The call is over: let both legs close cleanly, then stop whatever is left.
+        # The call is over: let both legs close cleanly, then stop whatever is left. Usage and
+        # transcripts still arriving meanwhile go into the record.
+        if not bridge.model_ready:
+            connecting.cancel()
         to_tel_send.close()
         to_agent_send.close()
-        nursery.start_soon(_discard, inbox)
+        nursery.start_soon(_drain_into_record, inbox, bridge)
         nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE_S
     if dropped_audio:
         log.warning("caller audio dropped", extra={"messages": dropped_audio})
@@ -170,9 +185,17 @@ def _coalesce_audio(commands: list[Command]) -> list[Command]:
     return joined
 
 
-async def _discard(inbox: trio.MemoryReceiveChannel[Any]) -> None:
-    async for _ in inbox:
-        pass
+def _report(channel: trio.MemorySendChannel[Any], event: TelephonyEvent | AgentEvent) -> None:
+    """Tell the control loop a leg is gone; it ignores this when the call has already ended."""
+    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        channel.send_nowait(event)
+
+
+async def _drain_into_record(
+    inbox: trio.MemoryReceiveChannel[TelephonyEvent | AgentEvent], bridge: CallBridge
+) -> None:
+    async for event in inbox:
+        bridge.handle(event, trio.current_time())
 
 
 __all__ = ["AgentLegFailed", "RecordWriter", "run_call"]

@@ -1,4 +1,4 @@
-"""The `bridge` command: check-config, and the README's demo (a whole call on the loopback model)."""
+"""The `bridge` command: check-config, run, and the README's demo (a whole loopback call)."""
 
 from __future__ import annotations
 

@@ -1010,3 +1010,20 @@ def test_secret_sources_are_independent_of_the_process(monkeypatch: pytest.Monke
     monkeypatch.setenv("BRIDGE_TEST_SECRET", "process-value")
     assert read_secret(SecretSource(env="BRIDGE_TEST_SECRET"), {}) is None
     assert os.environ["BRIDGE_TEST_SECRET"] == "process-value"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("call.max_duration_s", "nan"),
+        ("call.max_duration_s", "inf"),
+        ("model.connect_timeout_s", "nan"),
+        ("service.shutdown_grace_s", "inf"),
+    ],
+)
+def test_nan_and_infinity_are_not_durations(tmp_path: Path, key: str, value: str) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, [f"{key}={value}"])
+    assert f"@ $.{key}" in str(error.value)

@@ -74,6 +74,8 @@ class ScriptedModel:
     script: list[tuple[float, AgentEvent]] = attrs.field(factory=list)
     fail: AgentLegFailed | None = None
     crash: bool = False
+    connect_s: float = 0.3
+    return_silently: bool = False
     commands: list[tuple[float, AgentCommand]] = attrs.field(factory=list)
     closed_at: float | None = None
 
@@ -86,9 +88,11 @@ class ScriptedModel:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         start = trio.current_time()
-        await trio.sleep(0.3)  # connecting
+        await trio.sleep(self.connect_s)
         if self.fail is not None:
             raise self.fail
+        if self.return_silently:
+            return
         await events.send(AgentReady("sess_1"))
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -113,6 +117,7 @@ async def call(phone: ScriptedPhone, model: ScriptedModel, **settings: Any) -> d
     records: list[dict[str, Any]] = []
 
     async def write(record: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()  # as the real writer does: cancellation must not lose it
         records.append(record)
 
     with trio.fail_after(7200):
@@ -136,9 +141,8 @@ async def test_caller_hangup_closes_the_model_at_once(autojump_clock: trio.abc.C
     record = await call(phone, model)
     assert record["end_reason"] == "caller_hangup"
     assert [c for _, c in model.commands] == [SendAudio(frame), CloseAgent()]
-    # Model connected at 0.3 s; the caller's hang-up at 1.0 s after the phone leg started.
-    assert model.closed_at is not None
-    assert model.closed_at - 0.3 == pytest.approx(1.0, abs=0.01)
+    # The model is told at the moment of the caller's hang-up.
+    assert model.closed_at == pytest.approx(1.0, abs=0.01)
 
 
 async def test_model_end_hangs_up_the_caller(autojump_clock: trio.abc.Clock) -> None:
@@ -147,7 +151,7 @@ async def test_model_end_hangs_up_the_caller(autojump_clock: trio.abc.Clock) -> 
     record = await call(phone, model)
     assert record["end_reason"] == "model_error"
     assert [c for _, c in phone.commands] == [HangUp(EndReason.MODEL_ERROR)]
-    assert phone.closed_at == pytest.approx(1.7, abs=0.01)
+    assert phone.closed_at == pytest.approx(2.0, abs=0.01)
 
 
 async def test_model_that_never_gets_ready_ends_the_call(autojump_clock: trio.abc.Clock) -> None:
@@ -195,6 +199,7 @@ async def test_cancellation_still_writes_the_record(autojump_clock: trio.abc.Clo
     records: list[dict[str, Any]] = []
 
     async def write(record: dict[str, Any]) -> None:
+        await trio.lowlevel.checkpoint()
         records.append(record)
 
     with trio.move_on_after(5):
@@ -212,7 +217,7 @@ def test_adjacent_caller_audio_is_joined_and_order_kept() -> None:
     from bridge.call.events import AddUserText
     from bridge.supervisor import _coalesce_audio
 
-    commands = [
+    commands: list[Any] = [
         SendAudio(b"a"),
         SendAudio(b"b"),
         AddUserText("x"),
@@ -227,3 +232,24 @@ def test_adjacent_caller_audio_is_joined_and_order_kept() -> None:
         PlayAudio("i", b"p"),
         SendAudio(b"d"),
     ]
+
+
+async def test_hangup_while_the_model_connects_ends_the_call_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    phone = ScriptedPhone([(0.5, TelephonyEnded(EndReason.CALLER_HANGUP))])
+    model = ScriptedModel(connect_s=30.0)
+    start = trio.current_time()
+    record = await call(phone, model)
+    assert record["end_reason"] == "caller_hangup"
+    assert record["duration_s"] == pytest.approx(0.5)
+    # The connecting model leg was cancelled at once, not left to run out its timeout.
+    assert trio.current_time() - start == pytest.approx(0.5, abs=0.01)
+
+
+async def test_a_leg_returning_without_a_reason_ends_the_call(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    record = await call(ScriptedPhone([]), ScriptedModel(return_silently=True))
+    assert record["end_reason"] == "model_closed"
+    assert record["duration_s"] == pytest.approx(0.3)

@@ -147,6 +147,10 @@ class CallBridge:
     def ended(self) -> bool:
         return self.end_reason is not None
 
+    @property
+    def model_ready(self) -> bool:
+        return self._ready
+
     def unheard_items(self) -> list[str]:
         """Items with audio handed to the caller's side that the caller has not yet heard."""
         return [item_id for item_id, item in self._items.items() if item.sent > item.played]
@@ -174,6 +178,7 @@ class CallBridge:
     def handle(self, event: TelephonyEvent | AgentEvent, now: float) -> list[Command]:
         """Take one event from either leg; return the commands it calls for."""
         if self.ended:
+            self._record_late(event, now)
             return []
         match event:
             case CallerAudio(payload=payload):
@@ -211,6 +216,16 @@ class CallBridge:
                 return self._end(reason, detail, now, hang_up=False)
             case AgentEnded(reason=reason, detail=detail):
                 return self._end(reason, detail, now, close_agent=False)
+
+    def _record_late(self, event: TelephonyEvent | AgentEvent, now: float) -> None:
+        """After the end, usage and transcripts still belong in the record."""
+        match event:
+            case AgentResponseDone(usage=usage):
+                _add_usage(self.usage, usage)
+            case AgentTranscript(role=role, item_id=item_id, text=text):
+                self.transcript.append(
+                    TranscriptEntry(round(now - self.started_at, 3), role, item_id, text)
+                )
 
     def handle_timeout(self, now: float) -> list[Command]:
         """Run the timers that are due at `now`."""
@@ -332,11 +347,13 @@ class CallBridge:
             item.tail = b""
             heard_ms = g711.duration_ms(min(item.played, item.received))
             item.sent = item.played
-            if heard_ms <= 0 or item.truncated_ms is not None:
+            if item.truncated_ms is not None:
                 continue
+            # Recorded even when nothing was heard; the model is told only when something was.
             item.truncated_ms = heard_ms
-            self._truncations += 1
-            commands.append(TruncateItem(item_id, heard_ms))
+            if heard_ms > 0:
+                self._truncations += 1
+                commands.append(TruncateItem(item_id, heard_ms))
         return commands
 
     def _dtmf(self, digit: str, now: float) -> list[Command]:

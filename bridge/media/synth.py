@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import math
-import sys
 
 from bridge.call.events import Codec
 from bridge.media import g711
@@ -14,9 +13,8 @@ def tone(codec: Codec, *, frequency: float, duration_ms: int, amplitude: int = 8
     """A sine tone of `duration_ms` milliseconds."""
     count = duration_ms * g711.BYTES_PER_MS
     step = 2 * math.pi * frequency / g711.SAMPLE_RATE
+    # Native byte order, which is what audioop (behind g711.encode) expects.
     samples = array.array("h", (int(amplitude * math.sin(step * n)) for n in range(count)))
-    if sys.byteorder == "big":
-        samples.byteswap()
     return g711.encode(codec, samples.tobytes())
 
 

@@ -190,3 +190,56 @@ def test_record_holds_transcript_usage_and_heard_ms() -> None:
     assert record["usage"] == {"total_tokens": 20, "input_token_details": {"audio_tokens": 8}}
     assert record["codec"] == "PCMU"
     assert record["statistics"]["truncations"] == 1
+
+
+def test_truncate_capped_at_the_audio_the_model_sent() -> None:
+    bridge = make_bridge()
+    bridge.handle(AgentResponseStarted("r1"), 100.0)
+    bridge.handle(AgentAudio("r1", "i1", b"\x10" * 100), 100.0)
+    bridge.handle(AgentResponseDone("r1", "completed"), 100.0)  # padded to one 160-byte frame
+    bridge.handle(AudioPlayed("i1", 150), 100.1)  # padding partly played: not model audio
+    assert bridge.handle(AgentSpeechStarted("u1", 0), 100.2) == [
+        ClearAudio(),
+        TruncateItem("i1", 12),
+    ]
+
+
+def test_confirmations_never_exceed_what_was_sent() -> None:
+    bridge = make_bridge()
+    bridge.handle(AgentResponseStarted("r1"), 100.0)
+    bridge.handle(AgentAudio("r1", "i1", frames(2)), 100.0)
+    bridge.handle(AudioPlayed("i1", 160), 100.1)
+    bridge.handle(AgentSpeechStarted("u1", 0), 100.2)  # cut at 20 ms
+    bridge.handle(AudioPlayed("i1", 320), 100.3)  # a stale confirmation after the clear
+    assert bridge.statistics().played_bytes == 160
+    assert bridge.unheard_items() == []
+
+
+def test_an_interrupted_response_leaves_no_tail_to_play() -> None:
+    bridge = make_bridge()
+    bridge.handle(AgentResponseStarted("r1"), 100.0)
+    bridge.handle(AgentAudio("r1", "i1", b"\x10" * 200), 100.0)  # one frame sent, 40 bytes kept
+    bridge.handle(AgentSpeechStarted("u1", 0), 100.01)
+    assert bridge.handle(AgentResponseDone("r1", "cancelled"), 100.02) == []
+
+
+def test_record_marks_a_reply_cut_before_anything_was_heard() -> None:
+    bridge = make_bridge()
+    bridge.handle(AgentResponseStarted("r1"), 100.0)
+    bridge.handle(AgentAudio("r1", "i1", frames(5)), 100.0)
+    bridge.handle(AgentTranscript("model", "i1", "a long answer"), 100.0)
+    assert bridge.handle(AgentSpeechStarted("u1", 0), 100.01) == [ClearAudio()]
+    (line,) = bridge.record()["transcript"]
+    assert line["heard_ms"] == 0
+
+
+def test_usage_and_transcripts_arriving_after_the_end_are_kept() -> None:
+    bridge = make_bridge()
+    bridge.handle(TelephonyEnded(EndReason.CALLER_HANGUP), 101.0)
+    bridge.handle(AgentTranscript("caller", "u9", "bye"), 101.1)
+    bridge.handle(AgentResponseDone("r9", "cancelled", {"total_tokens": 7}), 101.2)
+    assert bridge.handle(CallerAudio(frames(1)), 101.3) == []
+    record = bridge.record()
+    assert record["usage"] == {"total_tokens": 7}
+    assert record["transcript"][0]["text"] == "bye"
+    assert record["duration_s"] == 1.0

@@ -64,6 +64,11 @@ class SimulatedGateway:
         self.custom_parameters = dict(custom_parameters or {})
         self.heard: list[HeardChunk] = []
         self.first_audio_at: float | None = None
+        # Bytes heard when the last mark was confirmed as played, and that figure at each clear:
+        # what the other side can know the caller heard.
+        self.confirmed_bytes = 0
+        self.confirmed_at_clears: list[int] = []
+        self._heard_total = 0
         self._sequence = 0
         self._chunk = 0
         self._queue: collections.deque[bytes | str] = collections.deque()
@@ -170,6 +175,7 @@ class SimulatedGateway:
 
     def _clear(self) -> None:
         self._clears += 1
+        self.confirmed_at_clears.append(self.confirmed_bytes)
         while self._queue:
             entry = self._queue.popleft()
             if isinstance(entry, str):
@@ -196,6 +202,7 @@ class SimulatedGateway:
             head = self._queue[0]
             if isinstance(head, str):
                 self._queue.popleft()
+                self.confirmed_bytes = self._heard_total
                 self._echo(head)
                 continue
             playable = int((now - self._clock) * g711.SAMPLE_RATE + 1e-6)
@@ -203,6 +210,7 @@ class SimulatedGateway:
                 return
             played = head[:playable]
             self.heard.append(HeardChunk(self._clock, played))
+            self._heard_total += len(played)
             self._clock += len(played) / g711.SAMPLE_RATE
             if len(played) < len(head):
                 self._queue[0] = head[len(played) :]
