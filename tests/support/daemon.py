@@ -17,6 +17,7 @@ from bridge.config import config_from_dict
 from bridge.records import read_records
 
 SECRET = "test-media-secret"
+PARAMETERS_WITH_SECRET = {"secret": SECRET, "from": "+15550100001", "to": "+15550100002"}
 AUTH_TOKEN = "test-twilio-auth-token"
 
 
