@@ -40,4 +40,4 @@ def write_wav(path: str | os.PathLike[str], codec: Codec, audio: bytes) -> None:
         wav.setnchannels(1)
         wav.setsampwidth(2)
         wav.setframerate(g711.SAMPLE_RATE)
-        wav.writeframes(g711.decode(codec, audio))
+        wav.writeframes(g711.to_little_endian_pcm(codec, audio))

@@ -92,17 +92,14 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
     inbox_send, inbox = trio.open_memory_channel[TelephonyEvent | AgentEvent](INBOX_SIZE)
     to_tel_send, to_tel = trio.open_memory_channel[TelephonyCommand](LEG_COMMANDS_SIZE)
     to_agent_send, to_agent = trio.open_memory_channel[AgentCommand](LEG_COMMANDS_SIZE)
-    dropped_audio = 0
-
     async def dispatch(commands: list[Command]) -> None:
-        nonlocal dropped_audio
         for command in commands:
             if isinstance(command, SendAudio):
                 # Caller audio is real time: never stall the control loop for it.
                 try:
                     to_agent_send.send_nowait(command)
                 except trio.WouldBlock:
-                    dropped_audio += 1
+                    bridge.caller_audio_dropped(len(command.payload))
             elif isinstance(command, TelephonyCommand):
                 await to_tel_send.send(command)
             else:
@@ -167,8 +164,8 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
         to_agent_send.close()
         nursery.start_soon(_drain_into_record, inbox, bridge)
         nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE_S
-    if dropped_audio:
-        log.warning("caller audio dropped", extra={"messages": dropped_audio})
+    if dropped := bridge.statistics().dropped_caller_bytes:
+        log.warning("caller audio dropped: the model leg fell behind", extra={"bytes": dropped})
 
 
 def _coalesce_audio(commands: list[Command]) -> list[Command]:

@@ -10,7 +10,20 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "bridge"
 PURE_FOLDERS = ("proto", "media", "call")
 PURE_FILES = ("agent/loopback.py",)
-BANNED_MODULES = {"trio", "trio_websocket", "socket", "time", "asyncio", "os", "threading"}
+BANNED_MODULES = {
+    "trio",
+    "trio_websocket",
+    "socket",
+    "time",
+    "datetime",
+    "asyncio",
+    "os",
+    "threading",
+    "subprocess",
+    "select",
+    "pathlib",
+    "wave",
+}
 # Module-level random functions are shared global state; cores take an injected random.Random.
 BANNED_RANDOM = {"random", "randint", "getrandbits", "choice", "randrange", "uniform", "shuffle"}
 

@@ -106,6 +106,7 @@ class CallBridgeStatistics:
     truncations: int
     responses: int
     dropped_model_bytes: int
+    dropped_caller_bytes: int
     model_errors: int
     dtmf_digits: int
 
@@ -136,6 +137,7 @@ class CallBridge:
         self._caller_bytes = 0
         self._model_bytes = 0
         self._dropped_model_bytes = 0
+        self._dropped_caller_bytes = 0
         self._barge_ins = 0
         self._truncations = 0
         self._responses = 0
@@ -169,6 +171,7 @@ class CallBridge:
             truncations=self._truncations,
             responses=self._responses,
             dropped_model_bytes=self._dropped_model_bytes,
+            dropped_caller_bytes=self._dropped_caller_bytes,
             model_errors=self._model_errors,
             dtmf_digits=len(self.digits),
         )
@@ -236,6 +239,10 @@ class CallBridge:
         if now >= self._dtmf_deadline:
             return self._flush_digits()
         return []
+
+    def caller_audio_dropped(self, nbytes: int) -> None:
+        """The model leg could not take caller audio in time; counted in the record."""
+        self._dropped_caller_bytes += nbytes
 
     def end(self, reason: EndReason, detail: str, now: float) -> list[Command]:
         """End the call from outside the legs (shutdown, an internal error)."""

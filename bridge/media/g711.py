@@ -7,6 +7,7 @@ This is the one module that imports ``audioop``: the standard library's up to Py
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from bridge.call.events import Codec
@@ -69,8 +70,14 @@ def duration_ms(nbytes: int) -> int:
     return nbytes // BYTES_PER_MS
 
 
-def from_linear(codec: Codec, pcm: bytes, *, width: int, rate: int, channels: int) -> bytes:
-    """Linear PCM of any width, rate and channel count to 8 kHz mono G.711."""
+def from_linear(
+    codec: Codec, pcm: bytes, *, width: int, rate: int, channels: int, little_endian: bool = True
+) -> bytes:
+    """Linear PCM as WAV stores it (little-endian; 8-bit unsigned) to 8 kHz mono G.711."""
+    if width == 1:
+        pcm = audioop.bias(pcm, 1, -128)
+    elif little_endian != (sys.byteorder == "little"):
+        pcm = audioop.byteswap(pcm, width)
     if channels == 2:
         pcm = audioop.tomono(pcm, width, 0.5, 0.5)
     elif channels != 1:
@@ -80,3 +87,11 @@ def from_linear(codec: Codec, pcm: bytes, *, width: int, rate: int, channels: in
     if rate != SAMPLE_RATE:
         pcm, _ = audioop.ratecv(pcm, 2, 1, rate, SAMPLE_RATE, None)
     return encode(codec, bytes(pcm))
+
+
+def to_little_endian_pcm(codec: Codec, payload: bytes) -> bytes:
+    """G.711 to 16-bit PCM in the byte order WAV files use."""
+    pcm = decode(codec, payload)
+    if sys.byteorder != "little":
+        pcm = bytes(audioop.byteswap(pcm, 2))
+    return pcm
