@@ -21,18 +21,16 @@ own lateness is known) and, for reply audio, when the ``media`` message carrying
 from __future__ import annotations
 
 import base64
-import contextlib
 import enum
 import heapq
-import os
 import random
 import time
 from multiprocessing.connection import Connection as Pipe
-from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+from _process import pin
 from _stamp import STAMP_BYTES, StampScanner, TimeTable, stamp
 from _ws import (
     OP_CLOSE,
@@ -378,10 +376,5 @@ async def _run(spec: CallerSpec, pipe: Pipe) -> None:
 
 def callers_main(spec: CallerSpec, pipe: Pipe) -> None:
     """Process entry point."""
-    os.sched_setaffinity(0, spec.cores)
-    if spec.nice:
-        # A session of its own: see mediastream_load._pin (autogroup scheduling).
-        os.setsid()
-        with contextlib.suppress(OSError):
-            Path("/proc/self/autogroup").write_text(f"{spec.nice}\n")
+    pin(spec.cores, spec.nice, own_group=True)
     trio.run(_run, spec, pipe)

@@ -18,18 +18,16 @@ model websockets are still open.
 from __future__ import annotations
 
 import base64
-import contextlib
 import math
-import os
 import socket
 import time
 from collections import Counter
 from multiprocessing.connection import Connection as Pipe
-from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+from _process import pin
 from _stamp import StampScanner, TimeTable
 from _ws import (
     OP_CLOSE,
@@ -259,10 +257,5 @@ async def _serve(spec: ModelSpec, pipe: Pipe) -> None:
 
 def model_main(spec: ModelSpec, pipe: Pipe) -> None:
     """Process entry point."""
-    os.sched_setaffinity(0, spec.cores)
-    if spec.nice:
-        # A session of its own: see mediastream_load._pin (autogroup scheduling).
-        os.setsid()
-        with contextlib.suppress(OSError):
-            Path("/proc/self/autogroup").write_text(f"{spec.nice}\n")
+    pin(spec.cores, spec.nice, own_group=True)
     trio.run(_serve, spec, pipe)

@@ -1,6 +1,6 @@
 """Media-stream load benchmark: N concurrent simulated calls through the daemon to a loopback model.
 
-    /work/venv311/bin/python bench/mediastream_load.py --calls 100 --seconds 20 --batch-frames 1
+    python3 bench/mediastream_load.py --calls 100 --seconds 20 --batch-frames 1
 
 What runs where (see bench/README.md for what each figure means):
 
@@ -20,7 +20,6 @@ Exit status: 0 when the benchmark ran (whatever the figures), 2 on a harness err
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import multiprocessing
@@ -41,6 +40,7 @@ from typing import Any
 
 from _callers import CallerSpec, callers_main
 from _model import ModelSpec, bind_reuseport, model_main
+from _process import pin
 from _report import CpuSeries, Distribution, summarize_profile
 from _stamp import MAX_CALLS, TimeTable
 
@@ -136,24 +136,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---- processes ------------------------------------------------------------------------------
-
-
-def _pin(cores: int | tuple[int, ...], nice: int, *, own_group: bool = False) -> None:
-    """Pin this process to `cores` and give it priority `nice` (children inherit both).
-
-    With the kernel's autogroup scheduling (sched_autogroup_enabled) a nice value only counts
-    inside the process's session, and every session gets an equal share of a CPU; so with
-    `own_group` the process starts a session of its own and sets that group's nice value.
-    """
-    os.sched_setaffinity(0, {cores} if isinstance(cores, int) else set(cores))
-    if not nice:
-        return
-    if own_group:
-        with contextlib.suppress(PermissionError):
-            os.setsid()
-        with contextlib.suppress(OSError):
-            Path("/proc/self/autogroup").write_text(f"{nice}\n")
-    os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def _free_port() -> int:
@@ -293,7 +275,7 @@ class _Run:
         args = self.args
         daemon_core, harness = self.cores()
         self.daemon_core, self.harness_cores = daemon_core, harness
-        _pin(harness, args.nice)
+        pin(harness, args.nice)
         model_procs = args.model_procs or max(1, len(harness) // 3)
         caller_procs = args.caller_procs or max(1, len(harness) - model_procs)
         self.model_procs, self.caller_procs = model_procs, caller_procs
@@ -344,7 +326,7 @@ class _Run:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=lambda: _pin(daemon_core, args.nice, own_group=True),
+                preexec_fn=lambda: pin(daemon_core, args.nice, own_group=True),
             )
         self.pids["daemon"] = self.daemon.pid
         deadline = time.monotonic() + 30
