@@ -672,6 +672,12 @@ def _check_str(value: object, param: str) -> str:
     return value
 
 
+def _check_model(value: object, param: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _invalid_value(param, "The model must be a non-empty string.")
+    return value
+
+
 def _check_enum(value: object, param: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         choices = ", ".join(f"'{choice}'" for choice in allowed)
@@ -832,7 +838,7 @@ def _check_beta_modalities(value: object, param: str) -> list[str]:
 # Top-level session fields without nested audio rules: each one's validator and normaliser.
 _GA_FIELD_CHECKS: Final[dict[str, Any]] = {
     "type": _check_str,
-    "model": _check_str,
+    "model": _check_model,
     "output_modalities": _check_output_modalities,
     "instructions": _check_str,
     "tools": _check_tools,
@@ -846,7 +852,7 @@ _GA_FIELD_CHECKS: Final[dict[str, Any]] = {
     "parallel_tool_calls": _check_parallel_tool_calls,
 }
 _BETA_FIELD_CHECKS: Final[dict[str, Any]] = {
-    "model": _check_str,
+    "model": _check_model,
     "modalities": _check_beta_modalities,
     "instructions": _check_str,
     "voice": _check_voice,

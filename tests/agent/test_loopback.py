@@ -947,3 +947,15 @@ def test_text_only_session_answers_in_text() -> None:
     assert "response.output_audio.delta" not in types(events)
     assert first(events, "response.output_text.done")["text"] == "Hello"
     assert first(events, "response.done")["response"]["output_modalities"] == ["text"]
+
+
+@pytest.mark.parametrize("dialect", ["ga", "beta"])
+def test_an_empty_model_name_is_refused(dialect: str) -> None:
+    # Found by Hypothesis: the beta session echoed model "" which the SDK types reject.
+    harness = Harness(dialect=dialect)
+    harness.take()
+    session: dict[str, Any] = {"model": ""}
+    if dialect == "ga":
+        session["type"] = "realtime"
+    events = harness.send({"type": "session.update", "session": session})
+    assert error_codes(events) == ["invalid_value"]
