@@ -1,12 +1,17 @@
 """The agent leg over a Realtime API websocket (realtime-api.md §1.2, §6.1): a thin trio shell.
 
 All protocol decisions live in :class:`bridge.proto.realtime.session.RealtimeSession`; this module
-connects, then runs four tasks around it (DESIGN.md rules 2-5):
+connects, then runs three tasks around it (DESIGN.md rules 2-5):
 
-* reader: websocket message -> ``receive_message`` -> events to the control loop;
-* commands: control loop command -> ``send``;
-* writer: the one task that writes to the websocket, woken whenever the core has output;
+* reader: websocket messages -> ``receive_message`` -> events to the control loop;
+* commands: control loop commands -> ``send`` -> the core's output straight to the socket;
 * timer: the core's deadline (the wait for ``session.updated``).
+
+The per-frame path is the commands task: it takes a command and every other one already queued,
+feeds them all to the core and writes what the core produced as one socket write, with no task in
+between (DESIGN.md "the per-frame path is the hot path"). Writes from other tasks (the core's
+output after a server event, pongs, close replies) take turns with it under the websocket's one
+write lock, and take the core's output only once they hold it, so messages keep the core's order.
 
 Events are forwarded by whichever task produced them, under one FIFO lock so they keep the core's
 order. Model audio goes out with ``send_nowait`` and is counted when the control loop is behind
@@ -17,8 +22,8 @@ socket or a fatal error ends the leg with :class:`AgentEnded`; ``CloseAgent`` or
 command channel closes the websocket cleanly (after flushing what the core still had to send).
 The caller owns both channels: the leg never closes them.
 
-The websocket is trio-websocket's, over a TCP/TLS stream this module opens and always closes
-itself (see :func:`bridge.adapters.websocket_client.run_client_websocket`).
+The websocket is wsproto driven directly on a TCP/TLS stream that is always closed
+(:func:`bridge.adapters.websocket_client.open_client_websocket`).
 The API key goes into one handshake header and nowhere else: log lines name the endpoint
 (scheme, host, port, path) and the model, never headers or the key.
 """
@@ -28,12 +33,16 @@ from __future__ import annotations
 import logging
 import math
 import urllib.parse
-from typing import TypeVar
 
 import trio
-import trio_websocket
 
-from bridge.adapters.websocket_client import run_client_websocket
+from bridge.adapters.websocket_client import (
+    ClientWebSocket,
+    WebSocketClosed,
+    WebSocketHandshakeError,
+    WebSocketRejected,
+    open_client_websocket,
+)
 from bridge.agent.errors import AgentLegFailed
 from bridge.call.context import CallInfo
 from bridge.call.events import (
@@ -49,9 +58,6 @@ from bridge.call.events import (
 from bridge.config import Dialect, ModelConfig, Provider, SessionConfig
 from bridge.proto.realtime.session import RealtimeSession
 from bridge.proto.realtime.session_config import build_session_update, expected_formats
-
-# Messages trio-websocket may hold for the reader: the model sends audio faster than real time.
-MESSAGE_QUEUE_SIZE = 64
 
 
 def realtime_url(url: str, model: str) -> str:
@@ -88,18 +94,6 @@ def _describe_endpoint(url: str) -> str:
     return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}"
 
 
-_E = TypeVar("_E", bound=BaseException)
-
-
-def _first(group: BaseExceptionGroup[_E], kind: type[_E]) -> _E:
-    """The first leaf of `group` (except* hands over groups even for one exception)."""
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    assert isinstance(leaf, kind)
-    return leaf
-
-
 async def run_realtime_leg(
     *,
     model: ModelConfig,
@@ -129,34 +123,27 @@ async def run_realtime_leg(
     leg = _RealtimeLeg(
         core=core, events=events, commands=commands, log=log, task_status=task_status
     )
+    # Only connecting raises these; whatever the running leg meets ends it through `leg.failure`
+    # or an AgentEnded event instead.
     try:
-        await run_client_websocket(
+        async with open_client_websocket(
             realtime_url(url, model.model),
-            message_queue_size=MESSAGE_QUEUE_SIZE,
             extra_headers=handshake_headers(model.provider, dialect, api_key),
             max_message_size=model.max_message_bytes,
             connect_timeout=model.connect_timeout_s,
-            run=leg.run,
-        )
-    except* trio_websocket.ConnectionRejected as group:
-        if leg.started:
-            raise
-        status = _first(group, trio_websocket.ConnectionRejected).status_code
+        ) as websocket:
+            await leg.run(websocket)
+    except WebSocketRejected as rejected:
         raise AgentLegFailed(
             EndReason.MODEL_CONNECT_FAILED,
-            f"{endpoint} rejected the websocket handshake with HTTP {status}",
+            f"{endpoint} rejected the websocket handshake with HTTP {rejected.status_code}",
         ) from None
-    except* trio.TooSlowError:
-        if leg.started:
-            raise
+    except trio.TooSlowError:
         raise AgentLegFailed(
             EndReason.MODEL_CONNECT_FAILED,
             f"timed out after {model.connect_timeout_s:g} s connecting to {endpoint}",
         ) from None
-    except* (OSError, ValueError) as group:
-        if leg.started:
-            raise
-        error = _first(group, Exception)
+    except (OSError, ValueError, WebSocketHandshakeError) as error:
         raise AgentLegFailed(
             EndReason.MODEL_CONNECT_FAILED, f"could not connect to {endpoint}: {error}"
         ) from None
@@ -180,6 +167,14 @@ async def run_realtime_leg(
     )
 
 
+async def _acquire(lock: trio.StrictFIFOLock) -> None:
+    """Take `lock` without a trip through the scheduler when it is free (nearly always)."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 class _RealtimeLeg:
     """The tasks around one RealtimeSession on one open websocket."""
 
@@ -198,7 +193,6 @@ class _RealtimeLeg:
         self._log = log
         self._task_status = task_status
         self._events_lock = trio.StrictFIFOLock()
-        self._writer_wakeup = trio.Event()
         self._timer_wakeup = trio.Event()
         self._timer_deadline = math.inf
         self._closing = False
@@ -208,10 +202,9 @@ class _RealtimeLeg:
         self.failure: AgentLegFailed | None = None
         self.audio_events_dropped = 0
 
-    async def run(self, websocket: trio_websocket.WebSocketConnection) -> None:
+    async def run(self, websocket: ClientWebSocket) -> None:
         self._websocket = websocket
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run_writer)
             nursery.start_soon(self._run_reader)
             nursery.start_soon(self._run_commands)
             nursery.start_soon(self._run_timer)
@@ -221,59 +214,92 @@ class _RealtimeLeg:
     # ---- tasks ---------------------------------------------------------------------------------
 
     async def _run_reader(self) -> None:
+        core = self._core
         try:
             while True:
-                message = await self._websocket.get_message()
-                self._core.receive_message(message, trio.current_time())
-                for event_type in self._core.new_unknown_event_types():
+                messages = await self._websocket.receive_messages()
+                now = trio.current_time()
+                for message in messages:
+                    core.receive_message(message, now)
+                for event_type in core.new_unknown_event_types():
                     self._log.debug("unknown realtime event type", extra={"event_type": event_type})
                 await self._after_core_input()
-        except trio_websocket.ConnectionClosed as closed:
-            await self._on_closed(closed.reason)
+        except WebSocketClosed as closed:
+            await self._on_closed(closed)
 
     async def _run_commands(self) -> None:
-        async for command in self._commands:
-            self._core.send(command, trio.current_time())
-            if isinstance(command, CloseAgent):
-                break
-            await self._after_core_input()
-        # CloseAgent, or the control loop dropped its end of the channel: close cleanly.
-        self._closing = True
-        self._writer_wakeup.set()
-
-    async def _run_writer(self) -> None:
+        core = self._core
+        commands = self._commands
         try:
+            # The core queued session.update when it was made: the first frame on the wire.
+            await self._flush()
             while True:
-                for message in self._core.messages_to_send():
-                    await self._websocket.send_message(message)
-                if self._closing:
-                    self._finished.set()
-                    return
-                await self._writer_wakeup.wait()
-                self._writer_wakeup = trio.Event()
-        except trio_websocket.ConnectionClosed as closed:
-            await self._on_closed(closed.reason)
+                try:
+                    command = await commands.receive()
+                except trio.EndOfChannel:
+                    break
+                now = trio.current_time()
+                # Everything already queued goes to the core now and out in one socket write.
+                closing = False
+                while True:
+                    core.send(command, now)
+                    if isinstance(command, CloseAgent):
+                        closing = True
+                        break
+                    try:
+                        command = commands.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        closing = True
+                        break
+                if closing:
+                    break
+                await self._after_core_input()
+        except WebSocketClosed as closed:
+            await self._on_closed(closed)
+            return
+        # CloseAgent, or the control loop dropped its end of the channel: flush what the core
+        # still had to send; the close frame follows once the leg's tasks are gone.
+        self._closing = True
+        try:
+            await self._flush()
+        except WebSocketClosed:
+            pass
+        self._finished.set()
 
     async def _run_timer(self) -> None:
-        while True:
-            self._timer_deadline = self._core.next_deadline()
-            with trio.move_on_at(self._timer_deadline):
-                await self._timer_wakeup.wait()
-                self._timer_wakeup = trio.Event()
-                continue
-            self._core.handle_timeout(trio.current_time())
-            await self._after_core_input()
+        try:
+            while True:
+                self._timer_deadline = self._core.next_deadline()
+                with trio.move_on_at(self._timer_deadline):
+                    await self._timer_wakeup.wait()
+                    self._timer_wakeup = trio.Event()
+                    continue
+                self._core.handle_timeout(trio.current_time())
+                await self._after_core_input()
+        except WebSocketClosed as closed:
+            await self._on_closed(closed)
 
     # ---- plumbing ------------------------------------------------------------------------------
 
     async def _after_core_input(self) -> None:
-        self._writer_wakeup.set()
+        """Write what the core produced, rearm the timer, forward its events."""
+        if self._core.has_messages_to_send():
+            await self._flush()
         if self._core.next_deadline() != self._timer_deadline:
             self._timer_wakeup.set()
-        await self._forward_events()
+        if self._core.has_events():
+            await self._forward_events()
+
+    async def _flush(self) -> None:
+        # The core's outbox is taken under the write lock, so two tasks flushing at once cannot
+        # swap the order of its messages.
+        await self._websocket.send_messages(self._core.messages_to_send)
 
     async def _forward_events(self) -> None:
-        async with self._events_lock:
+        await _acquire(self._events_lock)
+        try:
             while (event := self._core.next_event()) is not None:
                 try:
                     await self._forward(event)
@@ -281,6 +307,8 @@ class _RealtimeLeg:
                     # Nobody listens any more: the call is over.
                     self._finished.set()
                     return
+        finally:
+            self._events_lock.release()
 
     async def _forward(self, event: AgentEvent) -> None:
         match event:
@@ -309,24 +337,26 @@ class _RealtimeLeg:
             case _:
                 await self._events.send(event)
 
-    async def _on_closed(self, reason: trio_websocket.CloseReason | None) -> None:
+    async def _on_closed(self, closed: WebSocketClosed) -> None:
         if self._closing or self._finished.is_set() or self._close_seen:
             return
-        # Reader and writer can both see the close; one report is enough.
+        # Reader and writers can all see the close; one report is enough.
         self._close_seen = True
         # Whatever arrived before the close frame has been handed to the core already.
         await self._forward_events()
         if self._finished.is_set():
             return
-        code = reason.code if reason is not None else 1006
-        text = f" {reason.reason}" if reason is not None and reason.reason else ""
-        detail = f"the model closed the websocket ({code}{text})"
+        text = f" {closed.reason}" if closed.reason else ""
+        if closed.by_peer:
+            detail = f"the model closed the websocket ({closed.code}{text})"
+        else:
+            detail = f"closed the model's websocket ({closed.code}{text})"
         if not self.started:
             self.failure = AgentLegFailed(
                 EndReason.MODEL_CONNECT_FAILED, detail + " before session.updated"
             )
         else:
-            self._log.warning("realtime websocket closed", extra={"code": code})
+            self._log.warning("realtime websocket closed", extra={"code": closed.code})
             try:
                 await self._events.send(AgentEnded(EndReason.MODEL_CLOSED, detail))
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -546,3 +546,114 @@ async def test_close_agent_while_connecting_fails_the_leg_cleanly() -> None:
     assert failed.value.reason is EndReason.MODEL_CLOSED
     assert [event["type"] for event in seen.received] == ["session.update"]
     assert seen.close_code == 1000
+
+
+async def test_commands_queued_together_all_go_out_in_order() -> None:
+    async with realtime_server(configure) as (url, seen), trio.open_nursery() as nursery:
+        with trio.fail_after(GUARD_S):
+            leg = await start_leg(nursery, url)
+            assert await leg.events.receive() == AgentReady("sess_1")
+            # Queued without a checkpoint in between: the leg finds them all waiting at once.
+            for number in range(40):
+                leg.commands.send_nowait(SendAudio(bytes([number]) * 160))
+            leg.commands.send_nowait(RequestResponse("Say hello."))
+            leg.commands.send_nowait(SendAudio(b"\x7f" * 160))
+            leg.commands.send_nowait(CloseAgent())
+            await leg.finished.wait()
+            await seen.closed.wait()
+    types = [event["type"] for event in seen.received]
+    assert types == ["session.update"] + ["input_audio_buffer.append"] * 40 + [
+        "response.create",
+        "input_audio_buffer.append",
+    ]
+    audio = [base64.b64decode(event["audio"]) for event in seen.received[1:41]]
+    assert audio == [bytes([number]) * 160 for number in range(40)]
+    assert seen.received[41]["response"] == {"instructions": "Say hello."}
+    assert base64.b64decode(seen.received[42]["audio"]) == b"\x7f" * 160
+    assert seen.close_code == 1000
+
+
+async def test_a_message_over_the_size_limit_ends_the_leg_with_1009() -> None:
+    async def script(websocket: trio_websocket.WebSocketConnection, seen: Seen) -> None:
+        await configure(websocket, seen)
+        delta = {
+            "type": "response.output_audio.delta",
+            "response_id": "resp_1",
+            "item_id": "item_1",
+            "delta": "A" * (1 << 20),
+        }
+        await websocket.send_message(json.dumps(delta))
+
+    async with realtime_server(script) as (url, seen), trio.open_nursery() as nursery:
+        with trio.fail_after(GUARD_S):
+            leg = await start_leg(nursery, url, model=model_config(max_message_bytes=1 << 20))
+            assert await leg.events.receive() == AgentReady("sess_1")
+            ended = await leg.events.receive()
+            await leg.finished.wait()
+            await seen.closed.wait()
+    assert isinstance(ended, AgentEnded)
+    assert ended.reason is EndReason.MODEL_CLOSED
+    assert ended.detail == (
+        "closed the model's websocket (1009 Exceeded maximum message size: 1048576 bytes)"
+    )
+    assert seen.close_code == 1009
+
+
+async def test_pings_are_answered_while_the_leg_runs() -> None:
+    async def script(websocket: trio_websocket.WebSocketConnection, seen: Seen) -> None:
+        await configure(websocket, seen)
+        # trio-websocket's ping returns once the pong came back.
+        await websocket.ping(b"still there?")
+        await websocket.send_message(
+            json.dumps({"type": "response.created", "response": {"id": "resp_after_pong"}})
+        )
+
+    async with realtime_server(script) as (url, _), trio.open_nursery() as nursery:
+        with trio.fail_after(GUARD_S):
+            leg = await start_leg(nursery, url)
+            assert await leg.events.receive() == AgentReady("sess_1")
+            assert await leg.events.receive() == AgentResponseStarted("resp_after_pong")
+            await leg.commands.send(CloseAgent())
+            await leg.finished.wait()
+
+
+@asynccontextmanager
+async def tcp_server(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+) -> AsyncIterator[str]:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
+        )
+        yield f"ws://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1/realtime"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_garbled_upgrade_response_fails_the_leg() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        await stream.send_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await stream.receive_some()
+
+    async with tcp_server(handler) as url, trio.open_nursery() as nursery:
+        with trio.fail_after(GUARD_S), pytest.raises(AgentLegFailed) as failed:
+            await start_leg(nursery, url)
+    assert failed.value.reason is EndReason.MODEL_CONNECT_FAILED
+    assert failed.value.detail.startswith(f"could not connect to {url}: bad upgrade response")
+
+
+async def test_an_upgrade_that_never_comes_fails_the_leg_at_the_connect_timeout() -> None:
+    closed = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        while await stream.receive_some():
+            pass
+        closed.set()
+
+    async with tcp_server(handler) as url, trio.open_nursery() as nursery:
+        with trio.fail_after(GUARD_S), pytest.raises(AgentLegFailed) as failed:
+            await start_leg(nursery, url, model=model_config(connect_timeout_s=0.2))
+        with trio.fail_after(GUARD_S):
+            await closed.wait()
+    assert failed.value.reason is EndReason.MODEL_CONNECT_FAILED
+    assert failed.value.detail == f"timed out after 0.2 s connecting to {url}"

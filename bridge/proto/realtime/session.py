@@ -254,9 +254,17 @@ class RealtimeSession:
         messages, self._outbox = self._outbox, []
         return messages
 
+    def has_messages_to_send(self) -> bool:
+        """Whether :meth:`messages_to_send` would return anything (a free check for adapters)."""
+        return bool(self._outbox)
+
     def next_event(self) -> AgentEvent | None:
         """The next event for the control loop, or None."""
         return self._events.popleft() if self._events else None
+
+    def has_events(self) -> bool:
+        """Whether :meth:`next_event` would return an event (a free check for adapters)."""
+        return bool(self._events)
 
     def next_deadline(self) -> float:
         """When :meth:`handle_timeout` must be called; ``math.inf`` when never."""

@@ -139,6 +139,23 @@ def test_session_update_is_queued_first_and_once() -> None:
     assert session.phase is SessionPhase.CONFIGURING
 
 
+def test_pending_output_and_events_can_be_checked_without_taking_them() -> None:
+    session = new_session()
+    assert session.has_messages_to_send()
+    assert not session.has_events()
+    session.messages_to_send()
+    assert not session.has_messages_to_send()
+    session.receive_message(ga_session_event("session.updated", *PCMU), 100.2)
+    assert session.has_events()
+    assert not session.has_messages_to_send()
+    assert events(session) == [AgentReady("sess_1")]
+    assert not session.has_events()
+    session.send(SendAudio(FRAME), 100.3)
+    assert session.has_messages_to_send()
+    assert sent_types(session) == ["input_audio_buffer.append"]
+    assert not session.has_messages_to_send()
+
+
 def test_session_created_alone_is_not_ready_updated_with_formats_is() -> None:
     session = new_session()
     session.receive_message(ga_session_event("session.created", "audio/pcm", "audio/pcm"), 101)
