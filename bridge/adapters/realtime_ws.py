@@ -14,8 +14,8 @@ output after a server event, pongs, close replies) take turns with it under the 
 write lock, and take the core's output only once they hold it, so messages keep the core's order.
 
 Events are forwarded by whichever task produced them, under one FIFO lock so they keep the core's
-order. Model audio goes out with ``send_nowait`` and is counted when the control loop is behind
-(a websocket reader must never stall on real-time audio); every other event waits for room.
+order. Every event waits for room in the control loop's inbox; model audio that has to wait is
+counted (it comes faster than real time, so the model's socket simply waits to be read).
 ``task_status.started()`` is called only when the core reports ready; a session that fails before
 that raises :class:`bridge.agent.errors.AgentLegFailed` instead. After that, the model closing the
 socket or a fatal error ends the leg with :class:`AgentEnded`; ``CloseAgent`` or the end of the
@@ -162,7 +162,7 @@ async def run_realtime_leg(
             "unknown_events": statistics.unknown_events,
             "server_errors": statistics.server_errors,
             "responses": statistics.responses_done,
-            "audio_events_dropped": leg.audio_events_dropped,
+            "audio_events_delayed": leg.audio_events_delayed,
         },
     )
 
@@ -200,7 +200,7 @@ class _RealtimeLeg:
         self._finished = trio.Event()
         self.started = False
         self.failure: AgentLegFailed | None = None
-        self.audio_events_dropped = 0
+        self.audio_events_delayed = 0
 
     async def run(self, websocket: ClientWebSocket) -> None:
         self._websocket = websocket
@@ -313,10 +313,14 @@ class _RealtimeLeg:
     async def _forward(self, event: AgentEvent) -> None:
         match event:
             case AgentAudio():
+                # Model audio waits for room rather than being dropped: a lost delta would be an
+                # audible gap and would shift every later truncation point. It comes in bounded
+                # bursts (one response), so waiting only slows reading the model's socket.
                 try:
                     self._events.send_nowait(event)
                 except trio.WouldBlock:
-                    self.audio_events_dropped += 1
+                    self.audio_events_delayed += 1
+                    await self._events.send(event)
             case AgentReady(session_id=session_id):
                 self._log.info("realtime session ready", extra={"session_id": session_id})
                 self.started = True
