@@ -92,6 +92,7 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
     inbox_send, inbox = trio.open_memory_channel[TelephonyEvent | AgentEvent](INBOX_SIZE)
     to_tel_send, to_tel = trio.open_memory_channel[TelephonyCommand](LEG_COMMANDS_SIZE)
     to_agent_send, to_agent = trio.open_memory_channel[AgentCommand](LEG_COMMANDS_SIZE)
+
     async def dispatch(commands: list[Command]) -> None:
         for command in commands:
             if isinstance(command, SendAudio):
