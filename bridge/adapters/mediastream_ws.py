@@ -8,22 +8,36 @@ The protocol itself lives in the sans-IO
 between it and the socket.
 
 A leg runs three tasks: the reader (websocket -> session -> call events), the command task (call
-commands -> session) and the writer, the one task that sends on the websocket. Caller audio is
-passed on with ``send_nowait`` and counted when the call's inbox is full, so a slow control loop
-never stalls the socket reader (DESIGN.md rule 5).
+commands -> session) and the writer, the one task that sends the session's messages. Caller audio
+is passed on with ``send_nowait`` and counted when the call's inbox is full, so a slow control
+loop never stalls the socket reader (DESIGN.md rule 5).
+
+The reader is the per-frame path (DESIGN.md "the per-frame path is the hot path"): the websocket
+(:class:`~bridge.adapters.wsserver.ServerWebSocket`) has no task of its own, so the reader itself
+takes everything one socket read brought (up to 64 KiB), runs every message of it through the
+session, and passes the caller audio of adjacent ``media`` messages on as one CallerAudio. Under
+load, when frames queue up in the kernel, one wake-up then costs one channel hop for all of them.
+The writer sends everything the session has to send as one socket write.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
-import trio_websocket
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from bridge.adapters.wsserver import (
+    CLOSE_GOING_AWAY,
+    HandshakeFailed,
+    ServerWebSocket,
+    UpgradeRequest,
+    WebSocketClosed,
+    close_name,
+)
 from bridge.call.context import CallInfo
 from bridge.call.events import (
     CallerAudio,
@@ -47,17 +61,15 @@ from bridge.proto.mediastream.session import (
 INGRESS = "mediastream"
 
 # A media message is ~300 bytes and a start a few kB; 1 MiB bounds what a peer can make us hold.
+# Frames are read from the socket only once the call's leg runs, which waits for the model session
+# (up to its connect and session timeouts); meanwhile the kernel's socket buffers hold what the
+# gateway sends (TCP flow control), so nothing (a stop, marks) is lost.
 MAX_MESSAGE_SIZE = 1 << 20
-# Frames are read into the session only once the call's leg runs, which waits for the model
-# session (up to its connect and session timeouts). 512 frames are ~10 s of caller audio at one
-# message per 20 ms, so nothing the gateway sends meanwhile (a stop, marks) is lost.
-MESSAGE_QUEUE_SIZE = 512
 HANDSHAKE_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0
 DEFAULT_START_TIMEOUT_S = 10.0
 
 # websocket close codes (RFC 6455 §7.4.1)
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 
 # Malformed frames are logged, but a peer sending nothing else must not flood the journal.
@@ -83,7 +95,7 @@ class MediaStreamLeg:
         self,
         *,
         info: CallInfo,
-        websocket: WebSocketConnection,
+        websocket: ServerWebSocket,
         session: MediaStreamSession,
         log: logging.Logger,
     ) -> None:
@@ -139,22 +151,31 @@ class MediaStreamLeg:
 
     async def _read(self, events: trio.MemorySendChannel[TelephonyEvent]) -> None:
         session = self._session
+        websocket = self._websocket
         try:
             # events the session produced before run() (frames read along with `start`)
             if await self._forward(events):
                 return
             while True:
-                with trio.move_on_at(session.next_deadline()) as timer:
-                    try:
-                        message = await self._websocket.get_message()
-                    except ConnectionClosed as closed:
-                        ended = _closed_without_stop(closed)
-                        self._log_end(ended)
-                        await events.send(ended)
-                        return
-                    session.receive_message(message, trio.current_time())
-                if timer.cancelled_caught:
-                    session.handle_timeout(trio.current_time())
+                try:
+                    deadline = session.next_deadline()
+                    if deadline == math.inf:
+                        # streaming: no timer, so no cancel scope per read
+                        messages = await websocket.receive_messages()
+                    else:
+                        messages = []
+                        with trio.move_on_at(deadline):
+                            messages = await websocket.receive_messages()
+                except WebSocketClosed as closed:
+                    ended = _closed_without_stop(closed)
+                    self._log_end(ended)
+                    await events.send(ended)
+                    return
+                now = trio.current_time()
+                for message in messages:
+                    session.receive_message(message, now)
+                if not messages:
+                    session.handle_timeout(now)
                 if session.malformed_count != self._malformed_logged:
                     self._log_malformed()
                 if session.wants_to_send:
@@ -166,21 +187,37 @@ class MediaStreamLeg:
             return
 
     async def _forward(self, events: trio.MemorySendChannel[TelephonyEvent]) -> bool:
-        """Pass the session's events on; True once the stream ended."""
+        """Pass the session's events on; True once the stream ended.
+
+        Adjacent caller audio goes on as one CallerAudio (any length is fine for the control
+        loop): what one socket read brought costs one channel hop, not one per 20 ms frame.
+        """
+        audio: list[bytes] = []
         while (event := self._session.next_event()) is not None:
             if isinstance(event, CallerAudio):
-                try:
-                    events.send_nowait(event)
-                except trio.WouldBlock:
-                    self._caller_audio_dropped += 1
-            elif isinstance(event, MediaStreamStarted):
+                audio.append(event.payload)
                 continue
-            else:
-                await events.send(event)
-                if isinstance(event, TelephonyEnded):
-                    self._log_end(event)
-                    return True
+            if audio:
+                self._pass_audio(events, audio)
+                audio = []
+            if isinstance(event, MediaStreamStarted):
+                continue
+            await events.send(event)
+            if isinstance(event, TelephonyEnded):
+                self._log_end(event)
+                return True
+        if audio:
+            self._pass_audio(events, audio)
         return False
+
+    def _pass_audio(
+        self, events: trio.MemorySendChannel[TelephonyEvent], audio: list[bytes]
+    ) -> None:
+        try:
+            events.send_nowait(CallerAudio(audio[0] if len(audio) == 1 else b"".join(audio)))
+        except trio.WouldBlock:
+            # counted in media messages, whatever number of them went into the dropped event
+            self._caller_audio_dropped += len(audio)
 
     async def _obey(
         self,
@@ -207,9 +244,9 @@ class MediaStreamLeg:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
             try:
-                for message in self._session.messages_to_send():
-                    await self._websocket.send_message(message)
-            except ConnectionClosed:
+                # all of it as one socket write
+                await self._websocket.send_messages(self._session.messages_to_send())
+            except WebSocketClosed:
                 # the reader sees the close too and ends the leg
                 return
 
@@ -234,12 +271,11 @@ class MediaStreamLeg:
             )
 
 
-def _closed_without_stop(closed: ConnectionClosed) -> TelephonyEnded:
-    code = closed.reason.code if closed.reason is not None else None
+def _closed_without_stop(closed: WebSocketClosed) -> TelephonyEnded:
+    code = closed.code
     if code in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
         return TelephonyEnded(EndReason.CALLER_HANGUP, f"websocket closed without stop ({code})")
-    name = closed.reason.name if closed.reason is not None else "unknown"
-    return TelephonyEnded(EndReason.TELEPHONY_ERROR, f"websocket closed: {code} {name}")
+    return TelephonyEnded(EndReason.TELEPHONY_ERROR, f"websocket closed: {code} {close_name(code)}")
 
 
 def _summary(statistics: MediaStreamLegStatistics) -> dict[str, int]:
@@ -287,21 +323,12 @@ async def serve_mediastream(
         start_timeout_s=start_timeout_s,
     )
     async with trio.open_nursery() as nursery:
-        server: trio_websocket.WebSocketServer = await nursery.start(
+        listeners: list[trio.SocketListener] = await nursery.start(
             functools.partial(
-                trio_websocket.serve_websocket,
-                ingress.handle_request,
-                config.host,
-                config.port,
-                None,
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                max_message_size=MAX_MESSAGE_SIZE,
-                connect_timeout=HANDSHAKE_TIMEOUT_S,
-                disconnect_timeout=CLOSE_TIMEOUT_S,
+                trio.serve_tcp, ingress.handle_connection, config.port, host=config.host
             )
         )
-        endpoint = server.listeners[0]
-        port = endpoint.port if isinstance(endpoint, trio_websocket.Endpoint) else config.port
+        port = listeners[0].socket.getsockname()[1]
         log.info(
             "media-stream ingress listening",
             extra={
@@ -324,25 +351,35 @@ class _Ingress:
     new_call_id: Callable[[], str]
     start_timeout_s: float
 
-    async def handle_request(self, request: WebSocketRequest) -> None:
-        # trio-websocket runs handlers in the server's nursery: an exception here would stop the
-        # server, so every failure of one connection ends here.
-        remote = str(request.remote)
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        # trio.serve_tcp runs handlers in the server's nursery: an exception here would stop the
+        # server, so every failure of one connection ends here. serve_tcp closes the stream.
+        remote = _remote(stream)
+        websocket = ServerWebSocket(stream, max_message_size=MAX_MESSAGE_SIZE)
         try:
-            await self._handle_request(request, remote)
-        except (ConnectionClosed, trio_websocket.HandshakeError) as error:
+            await self._handle_connection(websocket, remote)
+        except (WebSocketClosed, HandshakeFailed, trio.BrokenResourceError) as error:
             self.log.info(
                 "media-stream connection lost", extra={"remote": remote, "error": repr(error)}
             )
         except Exception:
             self.log.exception("media-stream connection failed", extra={"remote": remote})
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await websocket.aclose()
 
-    async def _handle_request(self, request: WebSocketRequest, remote: str) -> None:
+    async def _handle_connection(self, websocket: ServerWebSocket, remote: str) -> None:
+        request: UpgradeRequest | None = None
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            request = await websocket.receive_request()
+        if request is None:
+            self.log.info("media-stream upgrade timed out", extra={"remote": remote})
+            return
         status = self._refusal(request, remote)
         if status is not None:
-            await request.reject(status)
+            await websocket.reject(status)
             return
-        websocket = await request.accept()
+        await websocket.accept()
         session = MediaStreamSession(
             outbound_chunk_frames=self.config.outbound_chunk_frames,
             playout_lead_ms=self.config.playout_lead_ms,
@@ -389,9 +426,9 @@ class _Ingress:
         finally:
             await leg.aclose()
 
-    def _refusal(self, request: WebSocketRequest, remote: str) -> int | None:
+    def _refusal(self, request: UpgradeRequest, remote: str) -> int | None:
         """The HTTP status refusing this upgrade, or None to accept it."""
-        path = request.path.partition("?")[0]
+        path = request.path
         if path != self.config.path:
             self.log.info(
                 "media-stream upgrade for an unknown path",
@@ -407,7 +444,7 @@ class _Ingress:
                         extra={"remote": remote},
                     )
                     return 503
-                header = _header(request, _SIGNATURE_HEADER)
+                header = request.header(_SIGNATURE_HEADER)
                 if not twilio_signature_valid(self.auth_token, self.config.public_url, header):
                     self.log.warning(
                         "media stream refused: X-Twilio-Signature missing or wrong",
@@ -427,7 +464,7 @@ class _Ingress:
         return None
 
     async def _wait_for_start(
-        self, websocket: WebSocketConnection, session: MediaStreamSession, remote: str
+        self, websocket: ServerWebSocket, session: MediaStreamSession, remote: str
     ) -> MediaStreamStarted | None:
         while True:
             event = session.next_event()
@@ -441,15 +478,19 @@ class _Ingress:
                 return None
             if event is not None:
                 continue
-            with trio.move_on_at(session.next_deadline()) as timer:
+            messages: list[str | bytes] = []
+            with trio.move_on_at(session.next_deadline()):
                 try:
-                    message = await websocket.get_message()
-                except ConnectionClosed:
+                    messages = await websocket.receive_messages()
+                except WebSocketClosed:
                     self.log.info("media stream closed before start", extra={"remote": remote})
                     return None
-                session.receive_message(message, trio.current_time())
-            if timer.cancelled_caught:
-                session.handle_timeout(trio.current_time())
+            now = trio.current_time()
+            # frames that came along with `start` stay queued in the session for the leg
+            for message in messages:
+                session.receive_message(message, now)
+            if not messages:
+                session.handle_timeout(now)
 
     def _secret_accepted(self, started: MediaStreamStarted) -> bool:
         if self.config.auth is not MediaStreamAuth.SHARED_SECRET:
@@ -476,11 +517,14 @@ class _Ingress:
         )
 
 
-def _header(request: WebSocketRequest, name: bytes) -> str | None:
-    for key, value in request.headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
 
 
 __all__ = [

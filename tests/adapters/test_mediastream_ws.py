@@ -1,4 +1,5 @@
-"""The media-stream ingress over real loopback sockets, with trio-websocket as the gateway."""
+"""The media-stream ingress over real loopback sockets, with trio-websocket as the gateway (and
+wsproto where a test needs frames written together or broken on purpose)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import base64
 import itertools
 import json
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +17,16 @@ import pytest
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
 
 from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
 from bridge.call.events import (
@@ -123,6 +136,19 @@ class Calls:
 
     async def next_event(self) -> TelephonyEvent:
         return await self.events.receive()
+
+    async def caller_audio(self, size: int) -> list[bytes]:
+        """The payloads of the CallerAudio events carrying the next `size` bytes of audio.
+
+        Media messages that arrive together come as one CallerAudio, so how the bytes are split
+        depends on timing; each event still carries whole messages.
+        """
+        payloads: list[bytes] = []
+        while sum(map(len, payloads)) < size:
+            event = await self.next_event()
+            assert isinstance(event, CallerAudio), event
+            payloads.append(event.payload)
+        return payloads
 
 
 @asynccontextmanager
@@ -372,8 +398,9 @@ async def test_caller_media_reaches_the_call_in_order() -> None:
         for frame in frames:
             await websocket.send_message(media(frame))
         await websocket.send_message(json.dumps({"event": "dtmf", "dtmf": {"digit": "7"}}))
-        received = [await calls.next_event() for _ in frames]
-        assert received == [CallerAudio(frame) for frame in frames]
+        received = await calls.caller_audio(len(frames) * FRAME)
+        assert b"".join(received) == b"".join(frames)
+        assert all(len(payload) % FRAME == 0 for payload in received)
         assert await calls.next_event() == CallerDtmf("7")
         await websocket.send_message(STOP)
         assert await calls.next_event() == TelephonyEnded(EndReason.CALLER_HANGUP, "stop")
@@ -401,7 +428,10 @@ async def test_media_sent_before_the_call_runs_is_not_lost() -> None:
             await websocket.send_message(media(frame))
         await trio.sleep(0.05)
         may_run.set()
-        assert [await calls.next_event() for _ in frames] == [CallerAudio(f) for f in frames]
+        received = await calls.caller_audio(len(frames) * FRAME)
+        assert b"".join(received) == b"".join(frames)
+        # read in one go once the leg runs: far fewer events than messages
+        assert len(received) < len(frames)
 
 
 async def test_play_audio_goes_out_as_media_and_marks_and_marks_confirm_playout() -> None:
@@ -504,3 +534,170 @@ async def test_a_failing_call_does_not_stop_the_server(caplog: pytest.LogCapture
             assert leg.info.call_id == "call-2"
             await websocket.send_message(media(b"\x03" * FRAME))
             assert await healthy.next_event() == CallerAudio(b"\x03" * FRAME)
+
+
+# ---- the websocket itself ------------------------------------------------------------------------
+
+
+@attrs.define
+class RawGateway:
+    """A gateway writing whole batches of frames at once (wsproto on a TCP stream)."""
+
+    stream: trio.SocketStream
+    connection: WSConnection
+
+    async def send(self, *messages: str) -> None:
+        """All `messages` in one socket write, so they arrive together."""
+        await self.stream.send_all(b"".join(self.connection.send(TextMessage(m)) for m in messages))
+
+    async def events(self) -> list[Event]:
+        """Read until something arrives; [] at the end of the stream."""
+        while True:
+            data = await self.stream.receive_some(1 << 16)
+            self.connection.receive_data(data or None)
+            events = list(self.connection.events())
+            if events or not data:
+                return events
+
+    async def close_frame(self) -> CloseConnection:
+        """Read (dropping messages) until the server's close frame."""
+        while True:
+            for event in await self.events():
+                if isinstance(event, CloseConnection):
+                    return event
+
+
+@asynccontextmanager
+async def raw_gateway(port: int, calls: Calls) -> AsyncIterator[RawGateway]:
+    """A gateway whose call was handed over (connected and start sent)."""
+    stream = await trio.open_tcp_stream(HOST, port)
+    async with stream:
+        gateway = RawGateway(stream, WSConnection(ConnectionType.CLIENT))
+        await stream.send_all(gateway.connection.send(Request(host=HOST, target=PATH)))
+        assert [type(e) for e in await gateway.events()] == [AcceptConnection]
+        await gateway.send(connected(), start())
+        await calls.handed_over.wait()
+        yield gateway
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 (a leg counter: there is no event to wait for)
+        await trio.sleep(0.005)
+
+
+async def test_media_arriving_together_goes_on_as_one_caller_audio() -> None:
+    calls = Calls()
+    frames = [bytes([n]) * FRAME for n in range(10)]
+    async with (
+        ingress(config(MediaStreamAuth.NONE), calls.handle_call) as port,
+        raw_gateway(port, calls) as gateway,
+    ):
+        await gateway.send(*[media(frame) for frame in frames])
+        assert await calls.next_event() == CallerAudio(b"".join(frames))
+        # another event between media messages keeps its place
+        await gateway.send(
+            media(frames[0]),
+            json.dumps({"event": "dtmf", "dtmf": {"digit": "1"}}),
+            media(frames[1]),
+            media(frames[2]),
+        )
+        assert await calls.next_event() == CallerAudio(frames[0])
+        assert await calls.next_event() == CallerDtmf("1")
+        assert await calls.next_event() == CallerAudio(frames[1] + frames[2])
+        assert calls.legs[0].statistics().stream.media_messages_in == 13
+
+
+async def test_caller_audio_the_call_has_no_room_for_is_dropped_and_counted() -> None:
+    events_send, events = trio.open_memory_channel[TelephonyEvent](1)
+    commands_send, commands = trio.open_memory_channel[TelephonyCommand](1)
+    calls = Calls()
+
+    async def handle_call(leg: MediaStreamLeg) -> None:
+        calls.legs.append(leg)
+        calls.handed_over.set()
+        await leg.run(events_send, commands)
+
+    async with (
+        ingress(config(MediaStreamAuth.NONE), handle_call) as port,
+        raw_gateway(port, calls) as gateway,
+    ):
+        leg = calls.legs[0]
+        await gateway.send(*[media(b"\x01" * FRAME)] * 3)
+        await wait_for(lambda: leg.statistics().stream.media_messages_in == 3)
+        await gateway.send(*[media(b"\x02" * FRAME)] * 4)
+        await wait_for(lambda: leg.statistics().stream.media_messages_in == 7)
+        # counted in media messages, not in events
+        assert leg.statistics().caller_audio_dropped == 4
+        assert events.receive_nowait() == CallerAudio(b"\x01" * FRAME * 3)
+        await gateway.send(STOP)
+        assert await events.receive() == TelephonyEnded(EndReason.CALLER_HANGUP, "stop")
+    commands_send.close()
+
+
+async def test_a_ping_is_answered_during_a_call() -> None:
+    calls = Calls()
+    async with (
+        ingress(config(MediaStreamAuth.NONE), calls.handle_call) as port,
+        raw_gateway(port, calls) as gateway,
+    ):
+        await gateway.stream.send_all(gateway.connection.send(Ping(b"still there?")))
+        assert await gateway.events() == [Pong(b"still there?")]
+        await gateway.send(media(b"\x05" * FRAME))
+        assert await calls.next_event() == CallerAudio(b"\x05" * FRAME)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        # a message over the 1 MiB limit, refused from its header
+        (bytes([0x81, 0xFF]) + (1 << 21).to_bytes(8, "big") + b"mask", 1009),
+        # an unmasked client frame (RFC 6455 §5.1)
+        (bytes([0x81, 0x02]) + b"{}", 1002),
+        # text that is not UTF-8
+        (bytes([0x81, 0x82]) + b"\x00\x00\x00\x00" + b"\xc3\x28", 1007),
+    ],
+    ids=["too-big", "unmasked", "not-utf8"],
+)
+async def test_a_broken_websocket_ends_the_call_with_its_close_code(data: bytes, code: int) -> None:
+    calls = Calls()
+    async with (
+        ingress(config(MediaStreamAuth.NONE), calls.handle_call) as port,
+        raw_gateway(port, calls) as gateway,
+    ):
+        await gateway.stream.send_all(data)
+        ended = await calls.next_event()
+        assert isinstance(ended, TelephonyEnded)
+        assert ended.reason is EndReason.TELEPHONY_ERROR
+        assert ended.detail.startswith(f"websocket closed: {code} ")
+        assert (await gateway.close_frame()).code == code
+        await calls.finished.wait()
+
+
+async def test_a_request_that_is_not_an_upgrade_gets_400_and_the_server_goes_on() -> None:
+    calls = Calls()
+    async with ingress(config(MediaStreamAuth.NONE), calls.handle_call) as port:
+        stream = await trio.open_tcp_stream(HOST, port)
+        async with stream:
+            await stream.send_all(b"GET /media HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = await stream.receive_some(1000)
+            assert response.startswith(b"HTTP/1.1 400 ")
+        async with gateway(port) as websocket:
+            await start_call(websocket, calls)
+            await websocket.send_message(media(b"\x03" * FRAME))
+            assert await calls.next_event() == CallerAudio(b"\x03" * FRAME)
+
+
+async def test_a_reset_connection_ends_the_call() -> None:
+    calls = Calls()
+    async with (
+        ingress(config(MediaStreamAuth.NONE), calls.handle_call) as port,
+        raw_gateway(port, calls) as gateway,
+    ):
+        # SO_LINGER with a zero timeout: closing sends a TCP reset, not a FIN
+        gateway.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await gateway.stream.aclose()
+        ended = await calls.next_event()
+        assert ended == TelephonyEnded(
+            EndReason.TELEPHONY_ERROR, "websocket closed: 1006 ABNORMAL_CLOSURE"
+        )
+        await calls.finished.wait()

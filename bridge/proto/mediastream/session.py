@@ -73,7 +73,7 @@ from bridge.call.events import (
     TelephonyEvent,
 )
 from bridge.errors import LocalProtocolError, RemoteProtocolError
-from bridge.proto.mediastream.codec import decode, encode, encode_media
+from bridge.proto.mediastream.codec import decode, encode, encode_media, media_audio
 from bridge.proto.mediastream.messages import (
     Connected,
     Dtmf,
@@ -257,6 +257,11 @@ class MediaStreamSession:
         if self._state is StreamState.ENDED:
             return
         try:
+            # nearly every message is media: its fast path skips building a Media message
+            audio = media_audio(message)
+            if audio is not None:
+                self._receive_media(*audio)
+                return
             decoded = decode(message)
         except RemoteProtocolError as exc:
             self._malformed += 1
@@ -267,8 +272,8 @@ class MediaStreamSession:
                 )
             return
         match decoded:
-            case Media():
-                self._receive_media(decoded)
+            case Media(track=track, payload=payload):
+                self._receive_media(track, payload)
             case Mark(name=name):
                 self._receive_mark(name)
             case Dtmf(digit=digit):
@@ -282,17 +287,17 @@ class MediaStreamSession:
             case Unknown():
                 self._unknown += 1
 
-    def _receive_media(self, media: Media) -> None:
+    def _receive_media(self, track: str, payload: bytes) -> None:
         if self._state is StreamState.AWAITING_START:
             self._end(EndReason.TELEPHONY_ERROR, "media before start", CLOSE_PROTOCOL_ERROR)
             return
-        if media.track not in INBOUND_TRACKS:
+        if track not in INBOUND_TRACKS:
             self._other_track_messages += 1
             return
         self._media_messages_in += 1
-        self._bytes_in += len(media.payload)
-        if media.payload:
-            self._events.append(CallerAudio(media.payload))
+        self._bytes_in += len(payload)
+        if payload:
+            self._events.append(CallerAudio(payload))
 
     def _receive_dtmf(self, digit: str) -> None:
         if self._state is StreamState.AWAITING_START:

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from bridge.call.events import Codec
 from bridge.errors import LocalProtocolError, RemoteProtocolError
-from bridge.proto.mediastream.codec import codec_from_encoding, decode, encode, encode_media
+from bridge.proto.mediastream.codec import (
+    codec_from_encoding,
+    decode,
+    encode,
+    encode_media,
+    media_audio,
+)
 from bridge.proto.mediastream.messages import (
     Connected,
     Dtmf,
@@ -307,3 +313,137 @@ def test_outbound_media_is_exactly_the_documented_fields(payload: bytes, stream_
 def test_encode_is_strict(message: OutboundMedia | OutboundMark | OutboundClear) -> None:
     with pytest.raises(LocalProtocolError):
         encode(message)
+
+
+# ---- the media fast path -----------------------------------------------------------------------
+
+PAYLOAD = base64.b64encode(bytes(range(160))).decode()
+TWILIO_MEDIA = (
+    '{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"1",'
+    f'"timestamp":"5","payload":"{PAYLOAD}"}},"streamSid":"{SID}"}}'
+)
+# Layouts the fast path reads itself.
+FAST_LAYOUTS = [
+    TWILIO_MEDIA,
+    json.dumps(json.loads(TWILIO_MEDIA)),
+    json.dumps(json.loads(TWILIO_MEDIA), indent=2),
+    f' {{ "event" : "media" , "media" : {{ "payload" : "{PAYLOAD}" }} }} ',
+    f'{{"event":"media","streamSid":"{SID}","media":{{"track":"outbound","payload":"{PAYLOAD}"}}}}',
+    '{"event":"media","sequenceNumber":3,"media":{"chunk":-1,"timestamp":0,"payload":""}}',
+    f'{{"event":"media","media":{{"track":"","chunk":"007","payload":"{PAYLOAD}"}},"n":-0}}',
+]
+# Layouts it leaves to the general way, which still reads them.
+SLOW_LAYOUTS = [
+    f'{{"event":"media","media":{{"payload":"{PAYLOAD}","track":"inbound"}}}}',  # key order
+    '{"event":"media","media":{"payload":"AQI\\u003d"}}',  # an escape in the payload
+    '{"event":"media","media":{"track":"in\\u0062ound","payload":"AQI="}}',
+    '{"event":"media","media":{"timestamp":5.0,"payload":"AQI="}}',
+    '{"event":"media","media":{"chunk":null,"payload":"AQI="}}',
+    '{"event":"media","media":{"payload":"AQI="},"futureField":{"x":[1,2]}}',
+    '{"event":"media","media":{"payload":"AQI="},"flag":true}',
+    '{"media":{"payload":"AQI="},"event":"media"}',  # event not first
+    '{"event":"media","media":{"payload":"AQI="},"media":{"payload":"AQID"}}',  # last one wins
+    '{"event":"media","media":{"payload":"AQI="},"event":"mark","mark":{"name":"m1"}}',
+]
+
+
+@pytest.mark.parametrize("text", FAST_LAYOUTS + SLOW_LAYOUTS)
+def test_the_fast_path_reads_what_json_reads(text: str) -> None:
+    # bytes never take the fast path: they are the reference
+    expected = decode(text.encode())
+    assert decode(text) == expected
+    fast = media_audio(text)
+    if text in FAST_LAYOUTS:
+        assert isinstance(expected, Media)
+        assert fast == (expected.track, expected.payload)
+    else:
+        assert fast is None
+
+
+def test_the_fast_path_reads_twilios_media_message() -> None:
+    assert decode(TWILIO_MEDIA) == Media(
+        track="inbound", chunk=1, timestamp=5, payload=bytes(range(160))
+    )
+    assert media_audio(TWILIO_MEDIA) == ("inbound", bytes(range(160)))
+
+
+@pytest.mark.parametrize("payload", ["AQI", "AQI=AQI=", "A===", "AQ=I"])
+def test_the_fast_path_refuses_bad_base64_like_the_general_way(payload: str) -> None:
+    text = f'{{"event":"media","media":{{"track":"inbound","payload":"{payload}"}}}}'
+    with pytest.raises(RemoteProtocolError) as general:
+        decode(text.encode())
+    for fast in (decode, media_audio):
+        with pytest.raises(RemoteProtocolError) as caught:
+            fast(text)
+        assert (caught.value.hint, str(caught.value)) == (general.value.hint, str(general.value))
+
+
+def test_the_fast_path_leaves_other_events_and_binary_frames_alone() -> None:
+    for text in (MARK, START, STOP, CONNECTED, DTMF, "not json", ""):
+        assert media_audio(text) is None
+    assert media_audio(TWILIO_MEDIA.encode()) is None
+
+
+_SIMPLE_VALUES = st.one_of(
+    st.text(max_size=8),
+    st.integers(-(10**20), 10**20),
+    st.integers(0, 999).map(str),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    st.booleans(),
+)
+
+
+@given(
+    track=st.one_of(st.none(), st.sampled_from(["inbound", "outbound", ""]), st.text(max_size=5)),
+    chunk=_SIMPLE_VALUES,
+    timestamp=_SIMPLE_VALUES,
+    payload=st.one_of(
+        st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()),
+        st.text(alphabet="AQI=+/x", max_size=12),
+    ),
+    extra=st.dictionaries(st.sampled_from(["sequenceNumber", "streamSid", "x"]), _SIMPLE_VALUES),
+    media_first=st.booleans(),
+    reverse_media=st.booleans(),
+    separators=st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]),
+    escape=st.booleans(),
+)
+def test_any_media_message_decodes_the_same_either_way(
+    track: str | None,
+    chunk: object,
+    timestamp: object,
+    payload: str,
+    extra: dict[str, object],
+    media_first: bool,
+    reverse_media: bool,
+    separators: tuple[str, str],
+    escape: bool,
+) -> None:
+    media: dict[str, object] = {"track": track, "chunk": chunk, "timestamp": timestamp}
+    media = {k: v for k, v in media.items() if v is not None or k == "chunk"}
+    media["payload"] = payload
+    if reverse_media:
+        media = dict(reversed(media.items()))
+    message: dict[str, object] = {"event": "media"}
+    if media_first:
+        message["media"] = media
+    message.update(extra)
+    message["media"] = media
+    text = json.dumps(message, separators=separators, ensure_ascii=escape)
+    try:
+        expected: object = decode(text.encode())
+    except RemoteProtocolError as error:
+        expected = (error.hint, str(error))
+    try:
+        got: object = decode(text)
+    except RemoteProtocolError as error:
+        got = (error.hint, str(error))
+    assert got == expected
+    try:
+        fast = media_audio(text)
+    except RemoteProtocolError as error:
+        assert (error.hint, str(error)) == expected
+    else:
+        if fast is not None:
+            assert isinstance(expected, Media)
+            assert fast == (expected.track, expected.payload)

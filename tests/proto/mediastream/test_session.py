@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -275,6 +276,39 @@ def test_malformed_and_unknown_messages_after_start_are_counted_and_dropped() ->
     stats = session.statistics()
     assert (stats.malformed, stats.unknown) == (3, 1)
     assert session.state is StreamState.STREAMING
+
+
+def media_in_another_layout(payload: bytes, track: str = "inbound") -> str:
+    """A media message the codec's fast path leaves to the general way (payload first)."""
+    return json.dumps(
+        {"media": {"payload": base64.b64encode(payload).decode(), "track": track}, "event": "media"}
+    )
+
+
+@pytest.mark.parametrize("layout", [media_message, media_in_another_layout])
+def test_media_in_any_layout_is_handled_alike(layout: Callable[..., str]) -> None:
+    session = new_session()
+    session.receive_message(layout(b"\x01" * FRAME), 100.0)
+    assert events(session) == [TelephonyEnded(EndReason.TELEPHONY_ERROR, "media before start")]
+    assert session.close_code == 1002
+
+    session = started_session()
+    session.receive_message(layout(b"\x01" * FRAME), 100.02)
+    session.receive_message(layout(b"\x02" * FRAME, track="outbound"), 100.02)
+    session.receive_message(layout(b""), 100.03)
+    session.receive_message(layout(b"\x03" * 80, track="inbound_track"), 100.04)
+    assert events(session) == [CallerAudio(b"\x01" * FRAME), CallerAudio(b"\x03" * 80)]
+    stats = session.statistics()
+    assert (stats.media_messages_in, stats.bytes_in, stats.other_track_messages) == (3, 240, 1)
+
+
+def test_bad_base64_in_the_common_layout_is_counted_and_dropped() -> None:
+    session = started_session()
+    session.receive_message('{"event":"media","media":{"track":"inbound","payload":"AQI"}}', 100.0)
+    session.receive_message(media_message(b"\x07" * FRAME), 100.02)
+    assert events(session) == [CallerAudio(b"\x07" * FRAME)]
+    assert session.malformed_count == 1
+    assert "base64" in session.last_problem
 
 
 def test_lower_case_dtmf_letters_are_normalised() -> None:
