@@ -204,6 +204,8 @@ def _report(result: CallerResult | None, out: str, codec: Codec) -> None:
         raise BridgeError("the test call did not run")
     audiofiles.write_wav(out, codec, result.heard_timeline)
     print(result.summary())
+    if result.close_code == 1008:
+        print("the daemon refused the stream (1008): check the shared secret", file=sys.stderr)
     print(f"recording:        {Path(out).resolve()}")
 
 
@@ -269,6 +271,12 @@ def _call(args: argparse.Namespace) -> int:
     secret = os.environ.get(args.secret_env, "")
     if secret:
         parameters[args.secret_parameter] = secret
+    else:
+        print(
+            f"note: {args.secret_env} is not set, so the call carries no shared secret; "
+            "a daemon with shared-secret authentication will close it (code 1008)",
+            file=sys.stderr,
+        )
     result = trio.run(
         functools.partial(
             run_caller,
