@@ -40,6 +40,8 @@ from wsproto.events import (
     TextMessage,
 )
 
+from bridge.adapters.wsserver import WebSocketClosed
+
 # How long a clean websocket close may take before the socket is simply dropped.
 DISCONNECT_TIMEOUT_S = 1.0
 # One receive takes whatever the kernel holds up to this; all of it is parsed before the next.
@@ -184,20 +186,6 @@ class WebSocketRejected(WebSocketHandshakeError):
     def __init__(self, status_code: int) -> None:
         super().__init__(f"the server rejected the websocket handshake with HTTP {status_code}")
         self.status_code = status_code
-
-
-class WebSocketClosed(Exception):
-    """The websocket is closed: `code` and `reason` of the close frame (1006 when there was none).
-
-    `by_peer` is False when we closed it because the peer broke the protocol (1002, 1007) or sent
-    a message over the size limit (1009); then `code` and `reason` are the ones we sent.
-    """
-
-    def __init__(self, code: int, reason: str, *, by_peer: bool) -> None:
-        super().__init__(f"{code} {reason}".rstrip())
-        self.code = code
-        self.reason = reason
-        self.by_peer = by_peer
 
 
 def _describe(error: BaseException) -> str:

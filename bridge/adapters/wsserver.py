@@ -379,9 +379,9 @@ class HandshakeFailed(Exception):
 class WebSocketClosed(Exception):
     """The websocket is closed: `code` and `reason` of the close frame (1006 when there was none).
 
-    `by_peer` is False when we closed it: with :meth:`ServerWebSocket.aclose`, or because the
-    client broke the protocol (1002, 1007) or sent a message over the limit (1009); then `code`
-    and `reason` are the ones we sent.
+    Both ends use it (this server and :mod:`bridge.adapters.websocket_client`). `by_peer` is False
+    when we closed it: on purpose (`aclose`), or because the peer broke the protocol (1002, 1007)
+    or sent a message over the limit (1009); then `code` and `reason` are the ones we sent.
     """
 
     def __init__(self, code: int, reason: str, *, by_peer: bool) -> None:

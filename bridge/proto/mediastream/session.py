@@ -73,6 +73,7 @@ from bridge.call.events import (
     TelephonyEvent,
 )
 from bridge.errors import LocalProtocolError, RemoteProtocolError
+from bridge.media.g711 import BYTES_PER_MS, FRAME_BYTES
 from bridge.proto.mediastream.codec import decode, encode, encode_media, media_audio
 from bridge.proto.mediastream.messages import (
     Connected,
@@ -85,9 +86,6 @@ from bridge.proto.mediastream.messages import (
     Stop,
     Unknown,
 )
-
-BYTES_PER_MS = 8
-FRAME_BYTES = 160
 
 # websocket close codes (RFC 6455 §7.4.1)
 CLOSE_NORMAL = 1000
