@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import math
 import os
 import re
@@ -37,6 +38,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
+from bridge.call.events import Codec
 from bridge.credentials import SecretSource
 from bridge.errors import ConfigError
 
@@ -142,6 +144,11 @@ class MediaStreamAuth(enum.Enum):
     NONE = "none"
 
 
+class SipTransport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+
+
 # What each choice is called in error messages: "'nova' is not a voice; choose one of ...".
 _CHOICE_NOUNS: Final[Mapping[type[enum.Enum], str]] = {
     Provider: "a provider",
@@ -156,6 +163,8 @@ _CHOICE_NOUNS: Final[Mapping[type[enum.Enum], str]] = {
     Eagerness: "an eagerness level",
     NoiseReductionType: "a noise reduction type",
     MediaStreamAuth: "a media stream auth mode",
+    SipTransport: "a SIP transport",
+    Codec: "a codec",
 }
 
 
@@ -284,6 +293,43 @@ def _single_modality(
         raise _Invalid('must be exactly ["audio"] or ["text"]')
 
 
+def _ip_literal(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise _Invalid(f"must be an IPv4 or IPv6 address, got {value!r}") from None
+
+
+def _networks(_instance: Any, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise _Invalid('must list at least one network; ["0.0.0.0/0", "::/0"] accepts every source')
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise _Invalid(f"{network!r} is not a network like 192.0.2.0/24 or ::1/128") from None
+
+
+def _non_empty_unique(
+    _instance: Any, _attribute: attrs.Attribute[Any], value: tuple[Any, ...]
+) -> None:
+    if not value:
+        raise _Invalid("must not be empty")
+    if len(set(value)) != len(value):
+        raise _Invalid("must not list the same value twice")
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
+
+
+def _header_names(_instance: Any, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for name in value:
+        if not _HEADER_NAME.fullmatch(name):
+            raise _Invalid(f"{name!r} is not a SIP header name")
+
+
 # Metadata key for a field whose TOML shape the converter cannot derive from its type alone.
 _STRUCTURE: Final = "bridge.config.structure"
 
@@ -295,6 +341,17 @@ def _structure_max_output_tokens(value: object, _type: Any) -> int | Literal["in
         return value
     got = repr(value) if isinstance(value, str) else _kind(value)
     raise _Invalid(f'must be an integer from 1 to 4096 or "inf", got {got}')
+
+
+def _list_of(structure_item: Callable[[object], Any]) -> Callable[[object, Any], tuple[Any, ...]]:
+    """A TOML array as a tuple; a lone string is an error, not a list of its characters."""
+
+    def structure(value: object, _type: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(f"must be an array, got {_kind(value)}")
+        return tuple(structure_item(item) for item in value)
+
+    return structure
 
 
 def _structure_output_modalities(value: object, _type: Any) -> tuple[OutputModality, ...]:
@@ -494,9 +551,78 @@ class MediaStreamIngressConfig:
             )
 
 
+_WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::"})
+
+
+@attrs.frozen(kw_only=True)
+class SipIngressConfig:
+    """A SIP trunk or PBX sending calls straight to the daemon, media over RTP (protocols.md §4-5).
+
+    Off unless enabled: a SIP listener lets whoever may reach it place calls on the model account,
+    so sources are limited by `allow_from` (loopback only by default).
+    """
+
+    enabled: bool = False
+    # Where SIP (and RTP) listen: an IP address; 0.0.0.0 or :: needs advertised_host.
+    host: str = attrs.field(default="127.0.0.1", validator=_ip_literal)
+    port: int = attrs.field(default=5060, validator=_between(0, 65535))
+    transports: tuple[SipTransport, ...] = attrs.field(
+        default=(SipTransport.UDP, SipTransport.TCP),
+        validator=_non_empty_unique,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_choice(item, SipTransport))},
+    )
+    # The address peers reach us at, in Contact and SDP (the public address behind NAT).
+    advertised_host: str = attrs.field(default="", validator=_ip_literal)
+    user: str = attrs.field(default="bridge", validator=_not_empty)
+    rtp_port_min: int = attrs.field(default=20000, validator=_between(1024, 65534))
+    rtp_port_max: int = attrs.field(default=29999, validator=_between(1025, 65535))
+    codecs: tuple[Codec, ...] = attrs.field(
+        default=(Codec.PCMU, Codec.PCMA),
+        validator=_non_empty_unique,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_choice(item, Codec))},
+    )
+    allow_from: tuple[str, ...] = attrs.field(
+        default=("127.0.0.0/8", "::1/128"),
+        validator=_networks,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_str(item, str))},
+    )
+    # 0: only service.max_calls limits SIP calls.
+    max_calls: int = attrs.field(default=0, validator=_at_least(0))
+    # SIP headers of the INVITE whose values become call variables (X-Customer-Id -> x_customer_id).
+    headers: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=_header_names,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_str(item, str))},
+    )
+    ringing: bool = True
+    latch_window_s: float = attrs.field(default=2.0, validator=_between(0.0, 60.0))
+    jitter_frames: int = attrs.field(default=3, validator=_between(1, 10))
+    # No RTP from the caller for this long ends the call (0: never); not counted while on hold.
+    rtp_timeout_s: float = attrs.field(default=30.0, validator=_at_least(0.0))
+    retry_after_s: int = attrs.field(default=10, validator=_between(1, 3600))
+
+    @property
+    def contact_host(self) -> str:
+        return self.advertised_host or self.host
+
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(network, strict=False) for network in self.allow_from)
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if self.host in _WILDCARD_HOSTS and not self.advertised_host:
+            yield (
+                "advertised_host",
+                f"required when host is {self.host}: the address callers reach this daemon at "
+                "goes into Contact and SDP",
+            )
+        if self.rtp_port_max - self.rtp_port_min < 1:
+            yield ("rtp_port_max", "the RTP port range must hold at least two ports (RTP + RTCP)")
+
+
 @attrs.frozen(kw_only=True)
 class IngressConfig:
     mediastream: MediaStreamIngressConfig = attrs.field(factory=MediaStreamIngressConfig)
+    sip: SipIngressConfig = attrs.field(factory=SipIngressConfig)
 
 
 @attrs.frozen(kw_only=True)

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import pytest
 
+from bridge.call.events import Codec
 from bridge.config import (
     AudioFormat,
     CallConfig,
@@ -27,6 +28,7 @@ from bridge.config import (
     OutputModality,
     Provider,
     ServiceConfig,
+    SipTransport,
     ToolChoice,
     TurnDetectionType,
     Voice,
@@ -238,6 +240,47 @@ def test_compatible_beta_example() -> None:
     assert config.model.provider is Provider.COMPATIBLE
     assert config.model.dialect is Dialect.BETA
     assert config.session.temperature == 0.8
+
+
+def test_sip_example() -> None:
+    config = load_config(CONFIG_DIR / "sip.toml")
+    sip = config.ingress.sip
+    assert sip.enabled and not config.ingress.mediastream.enabled
+    assert config.model.provider is Provider.LOOPBACK
+    assert sip.transports == (SipTransport.UDP, SipTransport.TCP)
+    assert sip.codecs == (Codec.PCMU, Codec.PCMA)
+    assert sip.headers == ("X-Customer-Id",)
+    assert [str(n) for n in sip.allowed_networks()] == ["127.0.0.0/8", "::1/128"]
+
+
+@pytest.mark.parametrize(
+    ("sip", "message"),
+    [
+        ({"codecs": "PCMU"}, "must be an array, got a string @ $.ingress.sip.codecs"),
+        ({"codecs": ["G729"]}, "'G729' is not a codec; choose one of PCMU, PCMA"),
+        ({"codecs": []}, "must not be empty @ $.ingress.sip.codecs"),
+        ({"transports": ["udp", "udp"]}, "must not list the same value twice"),
+        ({"transports": ["tls"]}, "'tls' is not a SIP transport"),
+        ({"allow_from": []}, "must list at least one network"),
+        ({"allow_from": ["10.0.0.0/33"]}, "'10.0.0.0/33' is not a network"),
+        ({"host": "sip.example.com"}, "must be an IPv4 or IPv6 address"),
+        ({"host": "0.0.0.0"}, "required when host is 0.0.0.0"),
+        ({"rtp_port_min": 30000, "rtp_port_max": 30000}, "at least two ports"),
+        ({"headers": ["X Customer"]}, "is not a SIP header name @ $.ingress.sip.headers"),
+        ({"jitter_frames": 0}, "must be between 1 and 10, got 0 @ $.ingress.sip.jitter_frames"),
+    ],
+)
+def test_sip_ingress_errors_name_their_key(sip: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"ingress": {"sip": sip}})
+    assert any(message in problem for problem in caught.value.messages), caught.value.messages
+
+
+def test_sip_wildcard_host_with_advertised_address() -> None:
+    config = config_from_dict(
+        {"ingress": {"sip": {"host": "0.0.0.0", "advertised_host": "203.0.113.10"}}}
+    )
+    assert config.ingress.sip.contact_host == "203.0.113.10"
 
 
 def test_docs_describe_every_key() -> None:

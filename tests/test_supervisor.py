@@ -18,6 +18,7 @@ from bridge.call.events import (
     AgentEvent,
     AgentReady,
     AgentResponseStarted,
+    AnswerCall,
     AudioPlayed,
     CallerAudio,
     CloseAgent,
@@ -150,7 +151,7 @@ async def test_model_end_hangs_up_the_caller(autojump_clock: trio.abc.Clock) -> 
     model = ScriptedModel([(2.0, AgentEnded(EndReason.MODEL_ERROR, "server_error"))])
     record = await call(phone, model)
     assert record["end_reason"] == "model_error"
-    assert [c for _, c in phone.commands] == [HangUp(EndReason.MODEL_ERROR)]
+    assert [c for _, c in phone.commands] == [AnswerCall(), HangUp(EndReason.MODEL_ERROR)]
     assert phone.closed_at == pytest.approx(2.0, abs=0.01)
 
 
@@ -177,7 +178,7 @@ async def test_maximum_duration(autojump_clock: trio.abc.Clock) -> None:
     record = await call(phone, model, max_duration_s=600.0)
     assert record["end_reason"] == "max_duration"
     assert record["duration_s"] == pytest.approx(600.0)
-    assert [c for _, c in phone.commands] == [HangUp(EndReason.MAX_DURATION)]
+    assert [c for _, c in phone.commands] == [AnswerCall(), HangUp(EndReason.MAX_DURATION)]
 
 
 async def test_model_audio_relayed_and_played_audio_reported(
@@ -191,7 +192,7 @@ async def test_model_audio_relayed_and_played_audio_reported(
         [(0.35, AgentResponseStarted("r1")), (0.4, AgentAudio("r1", "i1", reply))]
     )
     record = await call(phone, model)
-    assert [c for _, c in phone.commands] == [PlayAudio("i1", reply)]
+    assert [c for _, c in phone.commands] == [AnswerCall(), PlayAudio("i1", reply)]
     assert record["statistics"]["played_bytes"] == 320
 
 

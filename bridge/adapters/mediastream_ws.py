@@ -40,6 +40,7 @@ from bridge.adapters.wsserver import (
 )
 from bridge.call.context import CallInfo
 from bridge.call.events import (
+    AnswerCall,
     CallerAudio,
     ClearAudio,
     EndReason,
@@ -226,6 +227,9 @@ class MediaStreamLeg:
     ) -> None:
         async for command in commands:
             match command:
+                case AnswerCall():
+                    # a media stream is answered before it starts
+                    pass
                 case PlayAudio(item_id=item_id, payload=payload):
                     self._session.play(item_id, payload)
                 case ClearAudio():

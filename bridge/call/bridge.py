@@ -44,6 +44,7 @@ from bridge.call.events import (
     AgentSpeechStarted,
     AgentSpeechStopped,
     AgentTranscript,
+    AnswerCall,
     AudioPlayed,
     CallerAudio,
     CallerDtmf,
@@ -387,13 +388,16 @@ class CallBridge:
             return []
         self._ready = True
         self.model_session_id = session_id
+        # The phone is answered only now: the caller hears ringing, not dead air, while the model
+        # connects, and a model that never gets ready leaves the call unanswered (SIP 503).
         if not self.settings.greeting:
-            return []
+            return [AnswerCall()]
         return [
+            AnswerCall(),
             RequestResponse(
                 instructions="Greet the caller by saying exactly this, then wait for them: "
                 + self.settings.greeting
-            )
+            ),
         ]
 
     def _end(

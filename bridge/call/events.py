@@ -74,6 +74,11 @@ class TelephonyEnded:
 
 
 @attrs.frozen
+class AnswerCall:
+    """The model is ready: answer the call (SIP 200 OK); legs that are already up ignore it."""
+
+
+@attrs.frozen
 class PlayAudio:
     """Play whole 20 ms frames of model audio belonging to item `item_id` to the caller."""
 
@@ -212,7 +217,7 @@ class CloseAgent:
 
 
 TelephonyEvent = CallerAudio | CallerDtmf | AudioPlayed | TelephonyEnded
-TelephonyCommand = PlayAudio | ClearAudio | HangUp
+TelephonyCommand = AnswerCall | PlayAudio | ClearAudio | HangUp
 AgentEvent = (
     AgentReady
     | AgentSpeechStarted

@@ -13,6 +13,7 @@ from bridge.call.events import (
     AgentResponseStarted,
     AgentSpeechStarted,
     AgentTranscript,
+    AnswerCall,
     AudioPlayed,
     CallerAudio,
     CallerDtmf,
@@ -137,14 +138,15 @@ def test_dtmf_gathered_until_pause_then_sent_with_a_response_request() -> None:
     assert bridge.record()["dtmf"] == "125#"
 
 
-def test_greeting_requested_once_when_the_model_is_ready() -> None:
+def test_call_answered_then_greeting_requested_once_when_the_model_is_ready() -> None:
     bridge = make_bridge(greeting="Hello, this is Example Corp.")
-    (command,) = bridge.handle(AgentReady("sess_1"), 100.0)
+    answer, command = bridge.handle(AgentReady("sess_1"), 100.0)
+    assert answer == AnswerCall()
     assert isinstance(command, RequestResponse)
     assert command.instructions is not None
     assert command.instructions.endswith("Hello, this is Example Corp.")
     assert bridge.handle(AgentReady("sess_1"), 100.0) == []
-    assert make_bridge().handle(AgentReady("s"), 100.0) == []
+    assert make_bridge().handle(AgentReady("s"), 100.0) == [AnswerCall()]
 
 
 def test_either_side_ending_ends_the_other() -> None:
