@@ -13,14 +13,19 @@ extended number it releases next:
 * the packet numbered `next` is released at once, with every buffered successor that follows
   without a hole, so a network that loses and reorders nothing adds no latency at all;
 * a later packet is held while `next` is missing. The missing packet is waited for until
-  `depth_frames` later packets are held, or until `depth_frames` × 20 ms of `now` have passed
+  `depth_frames` later packets are held, or until `depth_frames` * 20 ms of `now` have passed
   since the oldest held packet arrived (:meth:`JitterBuffer.pop_ready` applies the time limit),
   whichever comes first. Then the hole is given up: each missing packet becomes one silence
   payload as long as the last real one, so the model's clock keeps step with the caller's. A hole
   longer than `max_conceal_frames` is an outage rather than loss; it is skipped without fill;
 * a packet numbered below `next` arrived after its turn: a `duplicate` if it was released, `late`
-  (dropped) if its hole had been given up;
+  (dropped) if its hole had been given up or it precedes the packet the stream started with;
 * a packet already held is a `duplicate`.
+
+Telephone events, comfort noise and other payload types share the audio stream's SSRC and
+sequence numbers when the sender sends them in place of audio. :meth:`JitterBuffer.skip` marks
+such a number as used, so the buffer neither waits for it nor conceals it (the session itself
+turns comfort noise into silence).
 
 Restarts. A packet with another SSRC is a new stream (re-INVITE, transfer, a PBX re-bridging):
 what is held is released in order without fill and the sequence state starts again from that
@@ -88,7 +93,7 @@ class JitterBuffer:
         self._ssrc: int | None = None
         self._next = 0
         self._highest = 0
-        self._held: dict[int, tuple[bytes, float]] = {}
+        self._held: dict[int, tuple[bytes | None, float]] = {}
         # holes given up on, as [start, stop) extended numbers, to tell late packets from duplicates
         self._given_up: deque[tuple[int, int]] = deque()
         self._probation: RtpPacket | None = None
@@ -114,34 +119,31 @@ class JitterBuffer:
                 self._release_all_held()
             self._start(packet)
             return
-        delta = ((packet.sequence - self._highest + _HALF_MODULUS) & 0xFFFF) - _HALF_MODULUS
-        if delta > MAX_DROPOUT or delta < -MAX_MISORDER:
-            self._far_off(packet)
-            return
-        if self._probation is not None:
-            self._stray += 1
+        held_aside = self._probation
+        if held_aside is not None:
             self._probation = None
-        number = self._highest + delta
-        if number < self._next:
-            if self._was_given_up(number):
-                self._late += 1
-            else:
-                self._duplicates += 1
+            if packet.sequence == (held_aside.sequence + 1) & 0xFFFF:
+                self._restart(held_aside, packet)
+                return
+            self._stray += 1
+        number = self._extended(packet.sequence)
+        if number is None:
+            self._probation = packet
             return
-        if number in self._held:
-            self._duplicates += 1
+        self._insert(number, packet.payload, now)
+
+    def skip(self, packet: RtpPacket, now: float) -> None:
+        """Note a packet of another payload type (telephone event, comfort noise, no-op).
+
+        When it belongs to the audio stream (same SSRC) it used a sequence number the audio
+        never will, so that number is not waited for and not concealed. Anything else about it
+        is ignored: it neither starts nor restarts the sequence.
+        """
+        if self._ssrc is None or packet.ssrc != self._ssrc:
             return
-        if delta > 0:
-            self._highest = number
-        else:
-            self._reordered += 1
-        if number == self._next:
-            self._release(packet.payload)
-            self._release_held_run()
-        else:
-            self._held[number] = (packet.payload, now)
-        while len(self._held) >= self._depth and self._held:
-            self._give_up_hole()
+        number = self._extended(packet.sequence)
+        if number is not None:
+            self._insert(number, None, now)
 
     def pop_ready(self, now: float) -> list[bytes]:
         """Give up holes waited on long enough by `now`; return every payload released since."""
@@ -179,26 +181,55 @@ class JitterBuffer:
         self._ssrc = packet.ssrc
         self._highest = self._next = packet.sequence
         self._given_up.clear()
+        # anything the peer sent before this packet comes after its turn: late, not a duplicate
+        self._given_up.append((packet.sequence - MAX_MISORDER, packet.sequence))
         self._probation = None
         self._release(packet.payload)
 
-    def _far_off(self, packet: RtpPacket) -> None:
-        held_aside, self._probation = self._probation, None
-        if held_aside is not None and packet.sequence == (held_aside.sequence + 1) & 0xFFFF:
-            self._resets += 1
-            self._release_all_held()
-            self._start(held_aside)
-            self._highest = self._next
-            self._release(packet.payload)
-            return
-        if held_aside is not None:
-            self._stray += 1
-        self._probation = packet
+    def _extended(self, sequence: int) -> int | None:
+        """The extended number of `sequence`, or None when it is far off (RFC 3550 §A.1)."""
+        delta = ((sequence - self._highest + _HALF_MODULUS) & 0xFFFF) - _HALF_MODULUS
+        if delta > MAX_DROPOUT or delta < -MAX_MISORDER:
+            return None
+        return self._highest + delta
 
-    def _release(self, payload: bytes) -> None:
+    def _insert(self, number: int, payload: bytes | None, now: float) -> None:
+        if number < self._next:
+            if self._was_given_up(number):
+                self._late += 1
+            else:
+                self._duplicates += 1
+            return
+        if number in self._held:
+            self._duplicates += 1
+            return
+        if number > self._highest:
+            self._highest = number
+        else:
+            self._reordered += 1
+        if number == self._next:
+            self._release(payload)
+            self._release_held_run()
+        else:
+            self._held[number] = (payload, now)
+        while len(self._held) >= self._depth and self._held:
+            self._give_up_hole()
+
+    def _restart(self, first: RtpPacket, second: RtpPacket) -> None:
+        """The sender renumbered: `second` continues `first`, which was far off the sequence."""
+        self._resets += 1
+        self._release_all_held()
+        self._start(first)
+        self._highest = self._next
+        self._release(second.payload)
+
+    def _release(self, payload: bytes | None) -> None:
+        """Hand out the payload numbered `next`; None marks a number another payload type used."""
+        self._next += 1
+        if payload is None:
+            return
         self._ready.append(payload)
         self._released += 1
-        self._next += 1
         if payload:
             self._last_length = len(payload)
 
@@ -227,8 +258,10 @@ class JitterBuffer:
         """Hand out everything held, in order and without fill (the stream is starting over)."""
         held = self._held
         for number in sorted(held):
-            self._ready.append(held[number][0])
-            self._released += 1
+            payload = held[number][0]
+            if payload is not None:
+                self._ready.append(payload)
+                self._released += 1
         held.clear()
         if self._probation is not None:
             self._stray += 1
