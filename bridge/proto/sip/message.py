@@ -193,13 +193,14 @@ def split_list(value: str) -> list[str]:
                 escaped = True
             elif char == '"':
                 in_quotes = False
+        elif in_brackets:
+            # Inside <uri> nothing but '>' is special: a stray quote there is no string.
+            in_brackets = char != ">"
         elif char == '"':
             in_quotes = True
         elif char == "<":
             in_brackets = True
-        elif char == ">":
-            in_brackets = False
-        elif char == "," and not in_brackets:
+        elif char == ",":
             items.append(value[start:index])
             start = index + 1
     items.append(value[start:])
