@@ -28,9 +28,11 @@ from typing import Any
 import attrs
 import trio
 
+from bridge.adapters.leg import TelephonyLeg
 from bridge.adapters.loopback_server import serve_loopback_model
 from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
 from bridge.adapters.realtime_ws import run_realtime_leg
+from bridge.adapters.sip import SipCallLeg, serve_sip
 from bridge.agent.errors import AgentLegFailed
 from bridge.call.bridge import CallBridgeSettings
 from bridge.call.context import CallInfo
@@ -52,6 +54,7 @@ class Listening:
 
     mediastream_port: int
     model_url: str
+    sip_port: int = 0
 
 
 def bridge_settings(config: Config, info: CallInfo) -> CallBridgeSettings:
@@ -86,7 +89,9 @@ def startup_secrets(config: Config, environ: Mapping[str, str]) -> StartupSecret
     """Read every secret the config needs now; a missing one is a ConfigError naming its key."""
     ingress = config.ingress.mediastream
     auth_token = shared_secret = None
-    if ingress.auth is MediaStreamAuth.TWILIO_SIGNATURE:
+    if not ingress.enabled:
+        pass
+    elif ingress.auth is MediaStreamAuth.TWILIO_SIGNATURE:
         auth_token = _required_secret(
             ingress.auth_token,
             "the Twilio auth token",
@@ -126,23 +131,45 @@ def check_records_directory(config: Config) -> None:
 class _Calls:
     """Counts calls in progress against the configured maximum."""
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, draining: trio.Event | None) -> None:
         self.maximum = maximum
         self.active = 0
+        self._draining = draining
         self._idle = trio.Event()
         self._idle.set()
 
-    @contextmanager
-    def counting(self) -> Iterator[None]:
+    @property
+    def draining(self) -> bool:
+        return self._draining is not None and self._draining.is_set()
+
+    def available(self) -> bool:
+        """Whether a new call would be taken now."""
+        return not self.draining and self.active < self.maximum
+
+    def reserve(self) -> bool:
+        """Take a slot for a new call at once (False: full or draining); `release` gives it back."""
+        if not self.available():
+            return False
+        self._add()
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    def _add(self) -> None:
         self.active += 1
         if self._idle.is_set():
             self._idle = trio.Event()
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        self._add()
         try:
             yield
         finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
+            self.release()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -162,13 +189,13 @@ async def serve(
     ingress = config.ingress.mediastream
     secrets = startup_secrets(config, environ)
     check_records_directory(config)
-    if ingress.auth is MediaStreamAuth.NONE:
+    if ingress.enabled and ingress.auth is MediaStreamAuth.NONE:
         log.warning(
             "media-stream authentication is OFF: anyone who can reach the listener can place "
             "calls on your model account",
             extra={"listen": f"{ingress.host}:{ingress.port}"},
         )
-    calls = _Calls(config.service.max_calls)
+    calls = _Calls(config.service.max_calls, draining)
 
     async with trio.open_nursery() as nursery:
         if config.model.provider is Provider.LOOPBACK:
@@ -192,7 +219,7 @@ async def serve(
 
         async def handle_call(leg: MediaStreamLeg) -> None:
             refusal = None
-            if draining is not None and draining.is_set():
+            if calls.draining:
                 refusal = AgentLegFailed(EndReason.SHUTDOWN, "the daemon is shutting down")
             elif calls.active >= calls.maximum:
                 refusal = AgentLegFailed(
@@ -225,9 +252,42 @@ async def serve(
                     "model": config.model.model,
                 },
             )
-        else:
+        sip_port = 0
+        sip = config.ingress.sip
+        if sip.enabled:
+
+            async def handle_sip_call(leg: SipCallLeg) -> None:
+                # the slot was reserved when the INVITE was admitted; the leg releases it
+                await _run_one_call(config, leg, model_url=model_url, environ=environ, refusal=None)
+
+            listening_sip = await nursery.start(
+                functools.partial(
+                    serve_sip,
+                    sip,
+                    handle_call=handle_sip_call,
+                    admit=calls.reserve,
+                    release=calls.release,
+                    available=calls.available,
+                    log=logging.getLogger("bridge.sip"),
+                    rng=rng,
+                    new_call_id=lambda: f"c-{rng.getrandbits(64):016x}",
+                )
+            )
+            sip_port = listening_sip.port
+            log.info(
+                "listening",
+                extra={
+                    "service": config.service.name,
+                    "sip": f"{sip.host}:{sip_port}",
+                    "transports": ",".join(t.value for t in sip.transports),
+                    "provider": config.model.provider.value,
+                },
+            )
+        if not ingress.enabled and not sip.enabled:
             log.warning("no ingress is enabled: this daemon takes no calls")
-        task_status.started(Listening(mediastream_port=port, model_url=model_url))
+        task_status.started(
+            Listening(mediastream_port=port, model_url=model_url, sip_port=sip_port)
+        )
 
         if draining is not None:
             await draining.wait()
@@ -242,7 +302,7 @@ async def serve(
 
 async def _run_one_call(
     config: Config,
-    leg: MediaStreamLeg,
+    leg: TelephonyLeg,
     *,
     model_url: str,
     environ: Mapping[str, str],

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from bridge.app import check_records_directory, serve
+from bridge.app import StartupSecrets, check_records_directory, serve, startup_secrets
 from bridge.call.events import Codec
 from bridge.caller import run_caller
-from bridge.config import config_from_dict
+from bridge.config import config_from_dict, default_config, load_config
 from bridge.errors import ConfigError
 from bridge.media import g711
 from bridge.records import read_records
 from tests.support.daemon import PARAMETERS_WITH_SECRET, SECRET, running_daemon
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def quiet(duration_ms: int) -> bytes:
@@ -106,3 +108,10 @@ def test_an_unwritable_records_folder_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         check_records_directory(config)
     assert "@ $.records.directory" in str(error.value)
+
+
+def test_a_disabled_media_stream_ingress_needs_no_secret() -> None:
+    config = load_config(ROOT / "config" / "sip.toml")
+    assert startup_secrets(config, {}) == StartupSecrets(auth_token=None, shared_secret=None)
+    with pytest.raises(ConfigError, match="BRIDGE_MEDIA_SECRET"):
+        startup_secrets(default_config(), {})

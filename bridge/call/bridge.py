@@ -281,6 +281,7 @@ class CallBridge:
             "caller": info.caller,
             "called": info.called,
             "external_ids": dict(info.external_ids),
+            "variables": dict(info.variables),
             "model_session_id": self.model_session_id,
             "duration_s": round(ended_at - self.started_at, 3),
             "end_reason": self.end_reason.value if self.end_reason else None,

@@ -26,6 +26,7 @@ class Daemon:
     url: str
     model: LoopbackServer
     records_dir: Path
+    sip_port: int = 0
 
     def records(self) -> list[dict[str, Any]]:
         return [r for path in sorted(self.records_dir.glob("*.jsonl")) for r in read_records(path)]
@@ -87,5 +88,6 @@ async def running_daemon(
             url=f"ws://127.0.0.1:{listening.mediastream_port}{path}",
             model=model,
             records_dir=tmp_path / "records",
+            sip_port=listening.sip_port,
         )
         nursery.cancel_scope.cancel()

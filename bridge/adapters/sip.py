@@ -1,0 +1,733 @@
+"""The SIP ingress (protocols.md §5): SIP over UDP and TCP, RTP media, one telephony leg per call.
+
+A thin trio shell around the sans-IO :class:`~bridge.proto.sip.useragent.SipUserAgent`, which
+holds every transaction and dialog of the daemon. Everything that reaches the core (a datagram, a
+message framed from a TCP stream, a timer, a command of a call) is followed by :meth:`_process`,
+which hands the core's events to the calls and sends what the core wants sent. UDP goes out with
+non-blocking ``sendto`` from the listening socket, so replies leave from the port requests came to;
+each TCP connection has a writer task.
+
+An INVITE the core accepted becomes a :class:`SipCallLeg` (the TelephonyLeg shape) once the app
+admitted it and an RTP port pair was bound; otherwise it gets 503 with Retry-After, which makes a
+proxy such as Kamailio try another instance. The leg rings (180) while the model connects and
+answers (200 OK + SDP) on :class:`~bridge.call.events.AnswerCall`, which the call sends once the
+model confirmed the audio format, so the caller never hears dead air and a model that fails leaves
+the call unanswered (503) instead of answered and silent. Media then runs in the shared
+:class:`~bridge.adapters.rtp.RtpEngine`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+
+import attrs
+import trio
+
+from bridge.adapters.rtp import NoRtpPort, RtpEngine, RtpMedia, RtpPortPool, RtpSockets
+from bridge.call.context import CallInfo
+from bridge.call.events import (
+    AnswerCall,
+    CallerDtmf,
+    ClearAudio,
+    EndReason,
+    HangUp,
+    PlayAudio,
+    TelephonyCommand,
+    TelephonyEnded,
+    TelephonyEvent,
+)
+from bridge.config import SipIngressConfig, SipTransport
+from bridge.proto.rtp.session import RtpSession
+from bridge.proto.sip.headers import SipUri
+from bridge.proto.sip.message import SipParseError, SipStreamFramer
+from bridge.proto.sip.sdp import Direction, NegotiatedAudio
+from bridge.proto.sip.useragent import (
+    CallConfirmed,
+    CallTerminated,
+    IncomingCall,
+    InfoDtmf,
+    MediaUpdated,
+    Peer,
+    SipUserAgent,
+    Termination,
+    Transport,
+    UserAgentSettings,
+)
+
+INGRESS = "sip"
+DATAGRAM_BUFFER = 65535
+TCP_READ_SIZE = 65536
+TCP_CONNECT_TIMEOUT_S = 5.0
+TCP_IDLE_TIMEOUT_S = 600.0
+# Messages a TCP peer may have queued for it before we give up on the connection.
+TCP_QUEUE = 256
+
+# The final answer to an INVITE we could not take, by why the call ended before it was answered.
+_STATUS_BEFORE_ANSWER: Mapping[EndReason, int] = {
+    EndReason.INTERNAL_ERROR: 500,
+    EndReason.MAX_DURATION: 480,
+}
+_DEFAULT_STATUS_BEFORE_ANSWER = 503
+
+_TERMINATION_DETAIL: Mapping[Termination, str] = {
+    Termination.BYE: "the caller sent BYE",
+    Termination.CANCEL: "the caller cancelled before the answer",
+    Termination.ACK_TIMEOUT: "no ACK for our 200 OK (is our Contact reachable?)",
+}
+
+
+@attrs.frozen
+class SipListening:
+    port: int
+
+
+# ---- the call leg ------------------------------------------------------------------------------
+
+
+class SipCallLeg:
+    """The telephony leg of one SIP call (the :class:`~bridge.adapters.leg.TelephonyLeg` shape)."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: _SipEndpoint,
+        key: str,
+        info: CallInfo,
+        audio: NegotiatedAudio,
+        sockets: RtpSockets,
+    ) -> None:
+        self.info = info
+        self.key = key
+        self._endpoint = endpoint
+        self._audio = audio
+        self._sockets = sockets
+        self._media: RtpMedia | None = None
+        self._answered = False
+        self._finished = False
+        self._ended: TelephonyEnded | None = None
+        self._ended_event = trio.Event()
+        self._pending_dtmf: list[str] = []
+        self._events: trio.MemorySendChannel[TelephonyEvent] | None = None
+        self._extra = {"call_id": info.call_id}
+
+    @property
+    def rtp_port(self) -> int:
+        return self._sockets.port
+
+    @property
+    def media(self) -> RtpMedia | None:
+        return self._media
+
+    async def run(
+        self,
+        events: trio.MemorySendChannel[TelephonyEvent],
+        commands: trio.MemoryReceiveChannel[TelephonyCommand],
+    ) -> None:
+        """Relay until the caller's side ends (after sending TelephonyEnded), HangUp, or commands
+        close. The SIP side is always finished when this returns: BYE, or a final response."""
+        self._events = events
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_end, events, nursery.cancel_scope)
+                async for command in commands:
+                    match command:
+                        case AnswerCall():
+                            self._answer()
+                        case PlayAudio(item_id=item_id, payload=payload):
+                            if self._media is not None:
+                                self._media.session.play(item_id, payload)
+                        case ClearAudio():
+                            if self._media is not None:
+                                self._media.session.clear()
+                        case HangUp(reason=reason):
+                            self._hang_up(reason)
+                            break
+                nursery.cancel_scope.cancel()
+        finally:
+            self.close(EndReason.SHUTDOWN)
+
+    async def _report_end(
+        self, events: trio.MemorySendChannel[TelephonyEvent], cancel_scope: trio.CancelScope
+    ) -> None:
+        await self._ended_event.wait()
+        assert self._ended is not None
+        try:
+            await events.send(self._ended)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        cancel_scope.cancel()
+
+    # ---- commands ------------------------------------------------------------------------------
+
+    def _answer(self) -> None:
+        if self._answered or self._ended is not None:
+            return
+        self._answered = True
+        endpoint = self._endpoint
+        now = trio.current_time()
+        config = endpoint.config
+        audio = self._audio
+        session = RtpSession(
+            codec=audio.codec,
+            payload_type=audio.payload_type,
+            dtmf_payload_type=audio.dtmf_payload_type,
+            remote=_remote_media(audio),
+            direction=audio.direction,
+            rng=endpoint.rng,
+            now=now,
+            latch_window_s=config.latch_window_s,
+            jitter_depth_frames=config.jitter_frames,
+        )
+        assert self._events is not None
+        self._media = RtpMedia(
+            session=session,
+            sockets=self._sockets,
+            events=self._events,
+            rtp_timeout_s=config.rtp_timeout_s,
+            on_lost=self._media_lost,
+            now=now,
+        )
+        self._media.hold(_peer_sends(audio.direction), now)
+        endpoint.ua.answer(self.key, media_port=self._sockets.port, now=now)
+        endpoint.process()
+        endpoint.rtp.add(self._media)
+        endpoint.log.info(
+            "SIP call answered",
+            extra={**self._extra, "codec": audio.codec.value, "rtp_port": self._sockets.port},
+        )
+
+    def _hang_up(self, reason: EndReason) -> None:
+        if self._finished:
+            return
+        endpoint = self._endpoint
+        now = trio.current_time()
+        if self._answered:
+            endpoint.ua.hang_up(self.key, now)
+            endpoint.log.info("sending BYE", extra={**self._extra, "reason": reason.value})
+        else:
+            status = _STATUS_BEFORE_ANSWER.get(reason, _DEFAULT_STATUS_BEFORE_ANSWER)
+            retry_after = endpoint.config.retry_after_s if status == 503 else None
+            endpoint.ua.reject(self.key, status, now, retry_after=retry_after)
+            endpoint.log.info(
+                "SIP call refused before the answer",
+                extra={**self._extra, "status": status, "reason": reason.value},
+            )
+        self._finished = True
+        endpoint.process()
+
+    def close(self, reason: EndReason) -> None:
+        """Finish the SIP side if nobody did, stop the media and free the ports (idempotent)."""
+        if not self._finished and self._ended is None:
+            self._hang_up(reason)
+        self._finished = True
+        if self._media is not None:
+            self._endpoint.rtp.remove(self._media)
+        self._endpoint.forget(self)
+
+    # ---- what the endpoint and the RTP engine report -------------------------------------------
+
+    def end(self, reason: EndReason, detail: str) -> None:
+        """The caller's side is over (BYE, CANCEL, no ACK, no RTP)."""
+        if self._ended is not None:
+            return
+        self._ended = TelephonyEnded(reason, detail)
+        self._ended_event.set()
+
+    def terminated(self, termination: Termination) -> None:
+        self._finished = True
+        reason = (
+            EndReason.TELEPHONY_ERROR
+            if termination is Termination.ACK_TIMEOUT
+            else EndReason.CALLER_HANGUP
+        )
+        level = logging.WARNING if reason is EndReason.TELEPHONY_ERROR else logging.INFO
+        detail = _TERMINATION_DETAIL[termination]
+        self._endpoint.log.log(
+            level, "SIP call ended by the caller's side", extra={**self._extra, "detail": detail}
+        )
+        self.end(reason, detail)
+
+    def confirmed(self) -> None:
+        self._endpoint.log.debug("ACK received", extra=self._extra)
+
+    def media_updated(self, audio: NegotiatedAudio) -> None:
+        self._audio = audio
+        if self._media is None:
+            return
+        now = trio.current_time()
+        self._media.session.update_remote(_remote_media(audio), audio.direction, now)
+        self._media.hold(_peer_sends(audio.direction), now)
+        self._endpoint.log.info(
+            "SIP media updated",
+            extra={
+                **self._extra,
+                "remote": f"{audio.remote_host}:{audio.remote_port}",
+                "direction": audio.direction.value,
+            },
+        )
+
+    def info_dtmf(self, digit: str) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.send_nowait(CallerDtmf(digit))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _media_lost(self, detail: str) -> None:
+        endpoint = self._endpoint
+        endpoint.log.warning("SIP call media lost", extra={**self._extra, "detail": detail})
+        if not self._finished:
+            endpoint.ua.hang_up(self.key, trio.current_time())
+            self._finished = True
+            endpoint.process()
+        self.end(EndReason.TELEPHONY_ERROR, detail)
+
+
+def _remote_media(audio: NegotiatedAudio) -> tuple[str, int] | None:
+    if audio.remote_port == 0 or audio.remote_host in ("0.0.0.0", "::", ""):
+        return None
+    return (audio.remote_host, audio.remote_port)
+
+
+def _peer_sends(direction: Direction) -> bool:
+    """Whether the caller sends RTP while we are in `direction` (our side of the answer)."""
+    return direction in (Direction.SENDRECV, Direction.RECVONLY)
+
+
+# ---- the endpoint --------------------------------------------------------------------------------
+
+
+class _TcpConnection:
+    def __init__(self, stream: trio.abc.Stream, peer: Peer) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.outgoing_send, self.outgoing = trio.open_memory_channel[bytes](TCP_QUEUE)
+
+
+class _SipEndpoint:
+    def __init__(
+        self,
+        *,
+        config: SipIngressConfig,
+        ua: SipUserAgent,
+        rtp: RtpEngine,
+        ports: RtpPortPool,
+        rng: random.Random,
+        log: logging.Logger,
+        admit: Callable[[], bool],
+        release: Callable[[], None],
+        available: Callable[[], bool],
+        handle_call: Callable[[SipCallLeg], Awaitable[None]],
+        new_call_id: Callable[[], str],
+        nursery: trio.Nursery,
+    ) -> None:
+        self.config = config
+        self.ua = ua
+        self.rtp = rtp
+        self.ports = ports
+        self.rng = rng
+        self.log = log
+        self._admit = admit
+        self._release = release
+        self._available = available
+        self._handle_call = handle_call
+        self._new_call_id = new_call_id
+        self._nursery = nursery
+        self._legs: dict[str, SipCallLeg] = {}
+        self._tcp: dict[tuple[str, int], _TcpConnection] = {}
+        self._udp: socket.socket | None = None
+        self._timer_changed = trio.Event()
+        self.udp_send_errors = 0
+        self.tcp_messages_dropped = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self._legs)
+
+    # ---- input ---------------------------------------------------------------------------------
+
+    def _accepting(self) -> bool:
+        limit = self.config.max_calls
+        if limit and len(self._legs) >= limit:
+            return False
+        return self._available() and self.ports.in_use < self.ports.capacity
+
+    def datagram(self, data: bytes, source: Peer) -> None:
+        self.ua.accepting = self._accepting()
+        self.ua.receive_datagram(data, source, trio.current_time())
+        self.process()
+
+    def message(self, message: object, source: Peer) -> None:
+        self.ua.accepting = self._accepting()
+        self.ua.receive_message(message, source, trio.current_time())  # type: ignore[arg-type]
+        self.process()
+
+    def process(self) -> None:
+        """Hand the core's events to the calls and send what it has to send."""
+        ua = self.ua
+        while (event := ua.next_event()) is not None:
+            match event:
+                case IncomingCall():
+                    self._incoming(event)
+                case CallConfirmed(call=key):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.confirmed()
+                case MediaUpdated(call=key, audio=audio):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.media_updated(audio)
+                case InfoDtmf(call=key, digit=digit):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.info_dtmf(digit)
+                case CallTerminated(call=key, reason=termination):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.terminated(termination)
+        for data, peer in ua.messages_to_send():
+            self._send(data, peer)
+        self._timer_changed.set()
+
+    def _send(self, data: bytes, peer: Peer) -> None:
+        if peer.transport is Transport.UDP:
+            if self._udp is None:
+                self.udp_send_errors += 1
+                return
+            try:
+                self._udp.sendto(data, (peer.host, peer.port))
+            except OSError:
+                self.udp_send_errors += 1
+            return
+        connection = self._tcp.get((peer.host, peer.port))
+        if connection is None:
+            self._nursery.start_soon(self._connect_and_send, peer, data)
+            return
+        try:
+            connection.outgoing_send.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.tcp_messages_dropped += 1
+
+    def _incoming(self, event: IncomingCall) -> None:
+        now = trio.current_time()
+        source = f"{event.source.host}:{event.source.port}"
+        if not self._accepting() or not self._admit():
+            self.ua.reject(event.call, 503, now, retry_after=self.config.retry_after_s)
+            self.log.warning(
+                "SIP call refused: at capacity or draining",
+                extra={"sip_call_id": event.call_id, "source": source},
+            )
+            return
+        try:
+            sockets = self.ports.allocate()
+        except (NoRtpPort, OSError) as error:
+            self._release()
+            self.ua.reject(event.call, 503, now, retry_after=self.config.retry_after_s)
+            self.log.error(
+                "SIP call refused: no RTP port",
+                extra={"sip_call_id": event.call_id, "error": str(error)},
+            )
+            return
+        info = _call_info(self._new_call_id(), event, self.config.headers)
+        leg = SipCallLeg(
+            endpoint=self, key=event.call, info=info, audio=event.audio, sockets=sockets
+        )
+        self._legs[event.call] = leg
+        if self.config.ringing:
+            self.ua.ring(event.call, now)
+        self.log.info(
+            "SIP call offered",
+            extra={
+                "call_id": info.call_id,
+                "sip_call_id": event.call_id,
+                "source": source,
+                "caller": info.caller,
+                "called": info.called,
+                "codec": event.audio.codec.value,
+                "transport": event.source.transport.value,
+            },
+        )
+        self._nursery.start_soon(self._run_call, leg)
+
+    async def _run_call(self, leg: SipCallLeg) -> None:
+        try:
+            await self._handle_call(leg)
+        except Exception:
+            self.log.exception("SIP call failed", extra={"call_id": leg.info.call_id})
+        finally:
+            leg.close(EndReason.INTERNAL_ERROR)
+
+    def forget(self, leg: SipCallLeg) -> None:
+        if self._legs.pop(leg.key, None) is not None:
+            self.ports.release(leg._sockets)
+            self._release()
+
+    # ---- tasks ---------------------------------------------------------------------------------
+
+    async def serve_timers(self) -> None:
+        while True:
+            self._timer_changed = trio.Event()
+            deadline = self.ua.next_deadline()
+            with trio.move_on_at(deadline):
+                await self._timer_changed.wait()
+            now = trio.current_time()
+            if now >= deadline:
+                self.ua.handle_timeout(now)
+                self.process()
+
+    async def serve_udp(self, sock: socket.socket) -> None:
+        self._udp = sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            # everything the socket holds, then one round of processing per datagram
+            for _ in range(256):
+                try:
+                    data, address = sock.recvfrom(DATAGRAM_BUFFER)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    # ICMP errors of earlier sends surface here on Linux
+                    continue
+                self.datagram(data, Peer(Transport.UDP, address[0], address[1]))
+            await trio.lowlevel.checkpoint()
+
+    async def serve_tcp_connection(self, stream: trio.SocketStream) -> None:
+        address = stream.socket.getpeername()
+        peer = Peer(Transport.TCP, address[0], address[1])
+        await self._run_connection(stream, peer)
+
+    async def _connect_and_send(self, peer: Peer, data: bytes) -> None:
+        try:
+            with trio.fail_after(TCP_CONNECT_TIMEOUT_S):
+                stream = await trio.open_tcp_stream(peer.host, peer.port)
+        except (OSError, trio.TooSlowError) as error:
+            self.tcp_messages_dropped += 1
+            self.log.warning(
+                "SIP over TCP: cannot connect",
+                extra={"peer": f"{peer.host}:{peer.port}", "error": str(error)},
+            )
+            return
+        connection_peer = peer
+        await self._run_connection(stream, connection_peer, first=data)
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, peer: Peer, first: bytes | None = None
+    ) -> None:
+        connection = _TcpConnection(stream, peer)
+        key = (peer.host, peer.port)
+        self._tcp[key] = connection
+        if first is not None:
+            connection.outgoing_send.send_nowait(first)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_connection, connection, nursery.cancel_scope)
+                await self._read_connection(connection)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._tcp.get(key) is connection:
+                del self._tcp[key]
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
+
+    async def _read_connection(self, connection: _TcpConnection) -> None:
+        framer = SipStreamFramer()
+        pings = 0
+        peer = connection.peer
+        if not self._allowed_source(peer.host):
+            self.log.info("SIP over TCP: source not allowed", extra={"peer": peer.host})
+            return
+        while True:
+            data: bytes | bytearray = b""
+            with trio.move_on_after(TCP_IDLE_TIMEOUT_S):
+                try:
+                    data = await connection.stream.receive_some(TCP_READ_SIZE)
+                except trio.BrokenResourceError:
+                    return
+            if not data:
+                return
+            framer.feed(bytes(data))
+            while True:
+                try:
+                    message = framer.next_message()
+                except SipParseError as error:
+                    if not framer.framing_lost:
+                        # one bad message, cut out whole: it gets its 400 and the stream goes on
+                        self.ua.receive_malformed(error, peer, trio.current_time())
+                        self.process()
+                        continue
+                    # framing is lost: nothing after this can be trusted
+                    self.log.info(
+                        "SIP over TCP: malformed stream, closing",
+                        extra={"peer": f"{peer.host}:{peer.port}", "error": error.reason},
+                    )
+                    return
+                if message is None:
+                    break
+                self.message(message, peer)
+            if framer.keepalives != pings:
+                pings = framer.keepalives
+                # RFC 5626 §3.5.1: a double-CRLF ping is answered with one CRLF
+                connection.outgoing_send.send_nowait(b"\r\n")
+
+    async def _write_connection(
+        self, connection: _TcpConnection, cancel_scope: trio.CancelScope
+    ) -> None:
+        try:
+            async for data in connection.outgoing:
+                await connection.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        cancel_scope.cancel()
+
+    def _allowed_source(self, host: str) -> bool:
+        """The core checks every message too; this only spares a connection nobody may use."""
+        networks = self.ua.settings.allow_from
+        if not networks:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in networks)
+
+
+def _call_info(call_id: str, event: IncomingCall, header_names: tuple[str, ...]) -> CallInfo:
+    caller = _user(event.from_addr.uri)
+    called = _user(event.request_uri) or _user(event.to_addr.uri)
+    variables = {
+        "sip_call_id": event.call_id,
+        "sip_from": event.from_addr.uri,
+        "sip_to": event.to_addr.uri,
+        "sip_request_uri": event.request_uri,
+        "caller_name": event.from_addr.display,
+    }
+    for name in header_names:
+        value = event.headers.get(name)
+        if value is not None:
+            variables[name.lower().replace("-", "_")] = value
+    source = event.source
+    return CallInfo(
+        call_id=call_id,
+        ingress=INGRESS,
+        codec=event.audio.codec,
+        caller=caller,
+        called=called,
+        variables=variables,
+        external_ids={
+            "sip_call_id": event.call_id,
+            "sip_source": f"{source.transport.value.lower()}:{source.host}:{source.port}",
+        },
+    )
+
+
+def _user(uri: str) -> str:
+    try:
+        return SipUri.parse(uri).user
+    except SipParseError:
+        return ""
+
+
+# ---- the server ----------------------------------------------------------------------------------
+
+
+def _bind_udp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_sip(
+    config: SipIngressConfig,
+    *,
+    handle_call: Callable[[SipCallLeg], Awaitable[None]],
+    admit: Callable[[], bool],
+    release: Callable[[], None],
+    available: Callable[[], bool],
+    log: logging.Logger,
+    rng: random.Random,
+    new_call_id: Callable[[], str],
+    task_status: trio.TaskStatus[SipListening] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve SIP on ``config.host:config.port`` (UDP and/or TCP) until cancelled.
+
+    `admit()` reserves a call slot in the daemon (False: at capacity or draining) and `release()`
+    frees it when the call is over; `available()` says whether a call would be admitted now
+    (OPTIONS and INVITE get 503 otherwise). Reports ``started(SipListening(port))``.
+    """
+    transports = set(config.transports)
+    udp_sock: socket.socket | None = None
+    tcp_listeners: list[trio.SocketListener] = []
+    port = config.port
+    if SipTransport.UDP in transports:
+        udp_sock = _bind_udp(config.host, port)
+        port = udp_sock.getsockname()[1]
+    if SipTransport.TCP in transports:
+        try:
+            tcp_listeners = await trio.open_tcp_listeners(port, host=config.host)
+        except OSError:
+            if udp_sock is not None:
+                udp_sock.close()
+            raise
+        port = tcp_listeners[0].socket.getsockname()[1]
+    contact_host = config.contact_host
+    settings = UserAgentSettings(
+        contact_host=contact_host,
+        contact_port=port,
+        user=config.user,
+        codecs=tuple(config.codecs),
+        allow_from=config.allowed_networks(),
+        retry_after_s=config.retry_after_s,
+    )
+    ua = SipUserAgent(settings, rng=rng)
+    rtp = RtpEngine(log=log)
+    ports = RtpPortPool(config.host, config.rtp_port_min, config.rtp_port_max, rng=rng)
+    try:
+        async with trio.open_nursery() as nursery:
+            endpoint = _SipEndpoint(
+                config=config,
+                ua=ua,
+                rtp=rtp,
+                ports=ports,
+                rng=rng,
+                log=log,
+                admit=admit,
+                release=release,
+                available=available,
+                handle_call=handle_call,
+                new_call_id=new_call_id,
+                nursery=nursery,
+            )
+            await nursery.start(rtp.run)
+            nursery.start_soon(endpoint.serve_timers)
+            if udp_sock is not None:
+                nursery.start_soon(endpoint.serve_udp, udp_sock)
+            if tcp_listeners:
+                nursery.start_soon(
+                    trio.serve_listeners, endpoint.serve_tcp_connection, tcp_listeners
+                )
+            log.info(
+                "SIP ingress listening",
+                extra={
+                    "host": config.host,
+                    "port": port,
+                    "transports": ",".join(t.value for t in config.transports),
+                    "contact": f"{contact_host}:{port}",
+                    "rtp_ports": f"{config.rtp_port_min}-{config.rtp_port_max}",
+                },
+            )
+            task_status.started(SipListening(port=port))
+    finally:
+        if udp_sock is not None:
+            udp_sock.close()
+
+
+__all__ = ["INGRESS", "SipCallLeg", "SipListening", "serve_sip"]
