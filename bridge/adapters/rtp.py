@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import random
 import select
 import socket
@@ -247,6 +248,12 @@ class RtpEngine:
     the tick, whatever the receiving costs), then reads only the sockets an epoll says are
     readable (one system call finds them all, instead of a failing read per idle socket), then
     hands each call its events.
+
+    Trio has no task priorities: a pacer task whose timer expired waits until every task of the
+    current scheduling batch has had its step, which under load is several milliseconds. So the
+    sending half of a tick is also run from a trio instrument after any task step at which the
+    tick is due: packets leave within one task step of their time, and the pacer task, when it
+    gets its turn, does the reading and the rest.
     """
 
     def __init__(self, *, log: logging.Logger) -> None:
@@ -255,9 +262,15 @@ class RtpEngine:
         self._poller = select.epoll()
         self._log = log
         self._wake = trio.Event()
+        # the schedule of the sending half: next tick number and when it is due
+        self._start = 0.0
+        self._next_tick = 0
+        self._next_due = math.inf
+        self._sent_elapsed = 1
         self.ticks = 0
         self.ticks_skipped = 0
         self.late_ticks = 0
+        self.sent_from_instrument = 0
 
     @property
     def calls(self) -> int:
@@ -282,6 +295,8 @@ class RtpEngine:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Pace until cancelled."""
+        instrument = _SendWhenDue(self)
+        trio.lowlevel.add_instrument(instrument)
         try:
             task_status.started()
             while True:
@@ -291,32 +306,48 @@ class RtpEngine:
                     continue
                 await self._pace()
         finally:
+            with contextlib.suppress(KeyError):
+                trio.lowlevel.remove_instrument(instrument)
             self._poller.close()
 
     async def _pace(self) -> None:
         """Tick on one absolute schedule for as long as any call has media."""
-        start = trio.current_time()
-        tick = 0
-        while self._media:
-            tick += 1
-            due = start + tick * FRAME_S
-            await trio.sleep_until(due)
-            now = trio.current_time()
-            elapsed = 1
-            behind = int((now - due) / FRAME_S)
-            if behind >= 1:
-                self.late_ticks += 1
-            if behind >= MAX_BEHIND_TICKS:
-                tick += behind
-                elapsed += behind
-                self.ticks_skipped += behind
-            self.ticks += 1
-            self._tick(now, elapsed)
+        self._start = trio.current_time()
+        self._next_tick = 1
+        self._next_due = self._start + FRAME_S
+        try:
+            while self._media:
+                await trio.sleep_until(self._next_due)
+                now = trio.current_time()
+                # nothing to send when the instrument already sent this tick's packets
+                self.send_if_due(now)
+                self.ticks += 1
+                self._receive(now)
+        finally:
+            self._next_due = math.inf
 
-    def _tick(self, now: float, elapsed: int) -> None:
-        media_list = list(self._media.values())
-        for media in media_list:
+    def send_if_due(self, now: float) -> bool:
+        """Send this tick's packets if it is due (and not yet sent); True if it sent."""
+        if now < self._next_due:
+            return False
+        tick = self._next_tick
+        elapsed = 1
+        behind = int((now - self._next_due) / FRAME_S)
+        if behind >= 1:
+            self.late_ticks += 1
+        if behind >= MAX_BEHIND_TICKS:
+            # far behind: skip the missed ticks instead of sending a burst
+            tick += behind
+            elapsed += behind
+            self.ticks_skipped += behind
+        self._next_tick = tick + 1
+        self._next_due = self._start + self._next_tick * FRAME_S
+        for media in list(self._media.values()):
             self._guarded(media, media.send, now, elapsed)
+        return True
+
+    def _receive(self, now: float) -> None:
+        media_list = list(self._media.values())
         for fd, _ in self._poller.poll(0):
             reader = self._readers.get(fd)
             if reader is None:
@@ -339,6 +370,21 @@ class RtpEngine:
             self._log.exception("RTP media failed; the call ends")
             self.remove(media)
             media.on_lost("RTP media failed")
+
+
+class _SendWhenDue(trio.abc.Instrument):
+    """Runs the pacer's sending half after whichever task step finds a tick due."""
+
+    def __init__(self, engine: RtpEngine) -> None:
+        self._engine = engine
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        engine = self._engine
+        if engine._next_due == math.inf:
+            return
+        now = trio.current_time()
+        if now >= engine._next_due and engine.send_if_due(now):
+            engine.sent_from_instrument += 1
 
 
 __all__ = [
