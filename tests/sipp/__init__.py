@@ -1,0 +1,1 @@
+"""SIPp scenarios (XML) for tests/test_e2e_sip.py; no Python here."""
