@@ -80,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     caller_options(demo)
 
     call = commands.add_parser("call", help="place a test call to a running daemon")
-    call.add_argument("url", help="the daemon's media-stream URL, e.g. ws://127.0.0.1:8765/media")
+    call.add_argument(
+        "url",
+        help="the daemon's media-stream URL (ws://127.0.0.1:8765/media) or SIP address "
+        "(sip:bridge@127.0.0.1:5060, over UDP)",
+    )
     call.add_argument(
         "--secret-env",
         default="BRIDGE_MEDIA_SECRET",
@@ -257,6 +261,34 @@ def _local_demo_config(config: Config) -> Config:
     return attrs.evolve(config, ingress=attrs.evolve(config.ingress, mediastream=ingress))
 
 
+def _call_sip(args: argparse.Namespace, codec: Codec) -> int:
+    from bridge.proto.sip.headers import SipUri
+    from bridge.proto.sip.message import SipParseError
+    from bridge.sip_caller import place_call
+
+    try:
+        uri = SipUri.parse(args.url)
+    except SipParseError as error:
+        raise BridgeError(f"{args.url!r} is not a SIP address: {error.reason}") from None
+    result = trio.run(
+        functools.partial(
+            place_call,
+            uri.host,
+            uri.port or 5060,
+            user=uri.user or "bridge",
+            audio=_caller_audio(args, codec),
+            audio_codec=codec,
+            offer=(codec,),
+            dtmf=args.dtmf,
+            max_duration_s=args.max_duration,
+        )
+    )
+    audiofiles.write_wav(args.out, codec, result.heard())
+    print(result.summary())
+    print(f"recording:        {Path(args.out).resolve()}")
+    return 0 if result.answered else 1
+
+
 def _connect_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -267,6 +299,8 @@ def _connect_host(host: str) -> str:
 
 def _call(args: argparse.Namespace) -> int:
     codec = Codec(args.codec.upper())
+    if args.url.startswith("sip:"):
+        return _call_sip(args, codec)
     parameters = dict(param.partition("=")[::2] for param in args.param)
     secret = os.environ.get(args.secret_env, "")
     if secret:
