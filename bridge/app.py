@@ -33,7 +33,7 @@ from bridge.adapters.leg import TelephonyLeg
 from bridge.adapters.loopback_server import serve_loopback_model
 from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
 from bridge.adapters.realtime_ws import run_realtime_leg
-from bridge.adapters.sip import SipCallLeg, serve_sip
+from bridge.adapters.sip import SipCallLeg, SipListening, serve_sip
 from bridge.agent.errors import AgentLegFailed
 from bridge.call.bridge import CallBridgeSettings
 from bridge.call.context import CallInfo
@@ -47,6 +47,10 @@ from bridge.records import append_record
 from bridge.supervisor import run_call
 
 log = logging.getLogger("bridge")
+
+# After the drain grace: how long SIP calls get to be hung up (BYE answered) before the
+# listeners close.
+SIP_SHUTDOWN_LINGER_S = 4.0
 
 
 @attrs.frozen
@@ -255,6 +259,7 @@ async def serve(
             )
         sip_port = 0
         sip = config.ingress.sip
+        listening_sip: SipListening | None = None
         if sip.enabled:
 
             async def handle_sip_call(leg: SipCallLeg) -> None:
@@ -299,6 +304,9 @@ async def serve(
             )
             with trio.move_on_after(config.service.shutdown_grace_s):
                 await calls.wait_idle()
+            if listening_sip is not None:
+                # SIP calls still up are ended with BYE while the SIP listener still runs
+                await listening_sip.end_calls(SIP_SHUTDOWN_LINGER_S)
             nursery.cancel_scope.cancel()
 
 

@@ -15,6 +15,7 @@ from bridge.config import config_from_dict, default_config, load_config
 from bridge.errors import ConfigError
 from bridge.media import g711
 from bridge.records import read_records
+from bridge.sip_caller import SipCallResult, place_call
 from tests.support.daemon import PARAMETERS_WITH_SECRET, SECRET, running_daemon
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,3 +116,49 @@ def test_a_disabled_media_stream_ingress_needs_no_secret() -> None:
     assert startup_secrets(config, {}) == StartupSecrets(auth_token=None, shared_secret=None)
     with pytest.raises(ConfigError, match="BRIDGE_MEDIA_SECRET"):
         startup_secrets(default_config(), {})
+
+
+async def test_drain_ends_sip_calls_with_bye_after_the_grace(tmp_path: Path) -> None:
+    config = config_from_dict(
+        {
+            "service": {"shutdown_grace_s": 0.5},
+            "ingress": {
+                "mediastream": {"enabled": False},
+                "sip": {"enabled": True, "port": 0, "rtp_port_min": 34000, "rtp_port_max": 34099},
+            },
+            "records": {"directory": str(tmp_path / "records")},
+        }
+    )
+    draining = trio.Event()
+    results: dict[str, SipCallResult] = {}
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listening = await nursery.start(
+                functools.partial(serve, config, environ={}, draining=draining)
+            )
+            answered = trio.Event()
+
+            async def long_call() -> None:
+                results["long"] = await place_call(
+                    "127.0.0.1",
+                    listening.sip_port,
+                    audio=quiet(500),
+                    wait_for_reply=False,
+                    max_duration_s=15.0,
+                    answered=answered,
+                )
+
+            nursery.start_soon(long_call)
+            await answered.wait()
+            draining.set()
+            await trio.sleep(0.1)
+            results["late"] = await place_call(
+                "127.0.0.1", listening.sip_port, audio=quiet(100), wait_for_reply=False
+            )
+        # serve() returned on its own after the grace and the calls' BYEs
+    assert results["long"].hung_up_by == "daemon"
+    assert results["late"].final_status == 503
+    (path,) = (tmp_path / "records").glob("*.jsonl")
+    records = read_records(path)
+    assert [record["end_reason"] for record in records] == ["shutdown"]
+    assert records[0]["ingress"] == "sip"

@@ -271,6 +271,7 @@ class RtpEngine:
         self.ticks_skipped = 0
         self.late_ticks = 0
         self.sent_from_instrument = 0
+        self._lost: list[RtpMedia] = []
 
     @property
     def calls(self) -> int:
@@ -290,7 +291,7 @@ class RtpEngine:
             fd = sock.fileno()
             if fd >= 0 and self._readers.get(fd, (None, False))[0] is media:
                 del self._readers[fd]
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):
                     self._poller.unregister(fd)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -308,6 +309,9 @@ class RtpEngine:
         finally:
             with contextlib.suppress(KeyError):
                 trio.lowlevel.remove_instrument(instrument)
+            # the calls' legs still remove their media while being cancelled
+            self._readers.clear()
+            self._media.clear()
             self._poller.close()
 
     async def _pace(self) -> None:
@@ -323,6 +327,7 @@ class RtpEngine:
                 self.send_if_due(now)
                 self.ticks += 1
                 self._receive(now)
+            self._report_lost()
         finally:
             self._next_due = math.inf
 
@@ -347,8 +352,9 @@ class RtpEngine:
         return True
 
     def _receive(self, now: float) -> None:
+        self._report_lost()
         media_list = list(self._media.values())
-        for fd, _ in self._poller.poll(0):
+        for fd, _ in self._poller.poll(0, max(1, len(self._readers))):
             reader = self._readers.get(fd)
             if reader is None:
                 continue
@@ -360,6 +366,12 @@ class RtpEngine:
         for media in media_list:
             self._guarded(media, media.finish_tick, now)
 
+    def _report_lost(self) -> None:
+        # calls whose media failed while sending (maybe from the instrument, outside any task)
+        # are told from the pacer task
+        while self._lost:
+            self._lost.pop().on_lost("RTP media failed")
+
     def _guarded(self, media: RtpMedia, step: Callable[..., None], *args: Any) -> None:
         if id(media) not in self._media:
             return
@@ -369,7 +381,7 @@ class RtpEngine:
             # one call's media must never stop the pacer for the others
             self._log.exception("RTP media failed; the call ends")
             self.remove(media)
-            media.on_lost("RTP media failed")
+            self._lost.append(media)
 
 
 class _SendWhenDue(trio.abc.Instrument):

@@ -23,6 +23,7 @@ import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import attrs
 import trio
@@ -82,7 +83,11 @@ _TERMINATION_DETAIL: Mapping[Termination, str] = {
 
 @attrs.frozen
 class SipListening:
+    """Where the SIP ingress listens, and how the daemon ends its calls when it stops."""
+
     port: int
+    # end_calls(linger_s): BYE (or 503) every call, then let the BYEs get their answers
+    end_calls: Callable[[float], Awaitable[None]] = attrs.field(eq=False, repr=False)
 
 
 # ---- the call leg ------------------------------------------------------------------------------
@@ -117,6 +122,10 @@ class SipCallLeg:
     @property
     def rtp_port(self) -> int:
         return self._sockets.port
+
+    @property
+    def sockets(self) -> RtpSockets:
+        return self._sockets
 
     @property
     def media(self) -> RtpMedia | None:
@@ -191,7 +200,7 @@ class SipCallLeg:
             on_lost=self._media_lost,
             now=now,
         )
-        self._media.hold(_peer_sends(audio.direction), now)
+        self._media.hold(_expects_caller_media(audio.direction), now)
         endpoint.ua.answer(self.key, media_port=self._sockets.port, now=now)
         endpoint.process()
         endpoint.rtp.add(self._media)
@@ -228,6 +237,12 @@ class SipCallLeg:
             self._endpoint.rtp.remove(self._media)
         self._endpoint.forget(self)
 
+    def shut_down(self) -> None:
+        """The daemon stops: end the SIP side (BYE, or 503 before the answer) and tell the call."""
+        if self._ended is None:
+            self._hang_up(EndReason.SHUTDOWN)
+            self.end(EndReason.SHUTDOWN, "the daemon is shutting down")
+
     # ---- what the endpoint and the RTP engine report -------------------------------------------
 
     def end(self, reason: EndReason, detail: str) -> None:
@@ -260,7 +275,7 @@ class SipCallLeg:
             return
         now = trio.current_time()
         self._media.session.update_remote(_remote_media(audio), audio.direction, now)
-        self._media.hold(_peer_sends(audio.direction), now)
+        self._media.hold(_expects_caller_media(audio.direction), now)
         self._endpoint.log.info(
             "SIP media updated",
             extra={
@@ -289,14 +304,26 @@ class SipCallLeg:
 
 
 def _remote_media(audio: NegotiatedAudio) -> tuple[str, int] | None:
-    if audio.remote_port == 0 or audio.remote_host in ("0.0.0.0", "::", ""):
+    """The SDP's media address, if it is one we can send to without a DNS lookup.
+
+    A host name in c= (legal, rare) would make every sendto() resolve it, blocking the event
+    loop; such a call gets its destination from latching on the caller's first packets instead.
+    """
+    if audio.remote_port == 0:
+        return None
+    try:
+        address = ipaddress.ip_address(audio.remote_host)
+    except ValueError:
+        return None
+    if address.is_unspecified:
         return None
     return (audio.remote_host, audio.remote_port)
 
 
-def _peer_sends(direction: Direction) -> bool:
-    """Whether the caller sends RTP while we are in `direction` (our side of the answer)."""
-    return direction in (Direction.SENDRECV, Direction.RECVONLY)
+def _expects_caller_media(direction: Direction) -> bool:
+    """Whether a silent caller means a dead call: only while both ways are on (many phones send
+    nothing at all while they hold the call, whatever their SDP says)."""
+    return direction is Direction.SENDRECV
 
 
 # ---- the endpoint --------------------------------------------------------------------------------
@@ -307,6 +334,7 @@ class _TcpConnection:
         self.stream = stream
         self.peer = peer
         self.outgoing_send, self.outgoing = trio.open_memory_channel[bytes](TCP_QUEUE)
+        self.cancel_scope = trio.CancelScope()
 
 
 class _SipEndpoint:
@@ -342,6 +370,7 @@ class _SipEndpoint:
         self._tcp: dict[tuple[str, int], _TcpConnection] = {}
         self._udp: socket.socket | None = None
         self._timer_changed = trio.Event()
+        self._no_calls = trio.Event()
         self.udp_send_errors = 0
         self.tcp_messages_dropped = 0
 
@@ -406,7 +435,11 @@ class _SipEndpoint:
             return
         try:
             connection.outgoing_send.send_nowait(data)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.WouldBlock:
+            # a peer that stops reading is gone: its writer is stuck, so end the connection
+            self.tcp_messages_dropped += 1
+            connection.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.tcp_messages_dropped += 1
 
     def _incoming(self, event: IncomingCall) -> None:
@@ -458,10 +491,28 @@ class _SipEndpoint:
         finally:
             leg.close(EndReason.INTERNAL_ERROR)
 
+    async def end_calls(self, linger_s: float) -> None:
+        """Hang up every call cleanly, and keep serving SIP for up to `linger_s` so the BYEs are
+        retransmitted and answered before the listeners close."""
+        legs = list(self._legs.values())
+        for leg in legs:
+            leg.shut_down()
+        if not legs:
+            return
+        self.log.info("ending SIP calls", extra={"calls": len(legs)})
+        with trio.move_on_after(linger_s):
+            self._no_calls = trio.Event()
+            if self._legs:
+                await self._no_calls.wait()
+            # the BYEs' answers (and, over UDP, their retransmissions) need a moment
+            await trio.sleep(min(1.0, linger_s))
+
     def forget(self, leg: SipCallLeg) -> None:
         if self._legs.pop(leg.key, None) is not None:
-            self.ports.release(leg._sockets)
+            self.ports.release(leg.sockets)
             self._release()
+            if not self._legs:
+                self._no_calls.set()
 
     # ---- tasks ---------------------------------------------------------------------------------
 
@@ -489,13 +540,27 @@ class _SipEndpoint:
                 except OSError:
                     # ICMP errors of earlier sends surface here on Linux
                     continue
-                self.datagram(data, Peer(Transport.UDP, address[0], address[1]))
+                self._guarded_input(
+                    self.datagram, data, Peer(Transport.UDP, address[0], address[1])
+                )
             await trio.lowlevel.checkpoint()
 
     async def serve_tcp_connection(self, stream: trio.SocketStream) -> None:
-        address = stream.socket.getpeername()
+        # trio.serve_listeners runs this in the server's nursery: nothing may escape it, or one
+        # peer (a connect and an instant reset is enough) would stop the whole daemon.
+        try:
+            address = stream.socket.getpeername()
+        except OSError:
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
+            return
         peer = Peer(Transport.TCP, address[0], address[1])
-        await self._run_connection(stream, peer)
+        try:
+            await self._run_connection(stream, peer)
+        except Exception:
+            self.log.exception(
+                "SIP over TCP: connection failed", extra={"peer": f"{peer.host}:{peer.port}"}
+            )
 
     async def _connect_and_send(self, peer: Peer, data: bytes) -> None:
         try:
@@ -508,8 +573,12 @@ class _SipEndpoint:
                 extra={"peer": f"{peer.host}:{peer.port}", "error": str(error)},
             )
             return
-        connection_peer = peer
-        await self._run_connection(stream, connection_peer, first=data)
+        try:
+            await self._run_connection(stream, peer, first=data)
+        except Exception:
+            self.log.exception(
+                "SIP over TCP: connection failed", extra={"peer": f"{peer.host}:{peer.port}"}
+            )
 
     async def _run_connection(
         self, stream: trio.SocketStream, peer: Peer, first: bytes | None = None
@@ -520,21 +589,22 @@ class _SipEndpoint:
         if first is not None:
             connection.outgoing_send.send_nowait(first)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_connection, connection, nursery.cancel_scope)
-                await self._read_connection(connection)
-                nursery.cancel_scope.cancel()
+            with connection.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_connection, connection, nursery.cancel_scope)
+                    await self._read_connection(connection, inbound=first is None)
+                    nursery.cancel_scope.cancel()
         finally:
             if self._tcp.get(key) is connection:
                 del self._tcp[key]
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()
 
-    async def _read_connection(self, connection: _TcpConnection) -> None:
+    async def _read_connection(self, connection: _TcpConnection, *, inbound: bool) -> None:
         framer = SipStreamFramer()
         pings = 0
         peer = connection.peer
-        if not self._allowed_source(peer.host):
+        if inbound and not self._allowed_source(peer.host):
             self.log.info("SIP over TCP: source not allowed", extra={"peer": peer.host})
             return
         while True:
@@ -564,11 +634,18 @@ class _SipEndpoint:
                     return
                 if message is None:
                     break
-                self.message(message, peer)
+                self._guarded_input(self.message, message, peer)
             if framer.keepalives != pings:
                 pings = framer.keepalives
                 # RFC 5626 §3.5.1: a double-CRLF ping is answered with one CRLF
-                connection.outgoing_send.send_nowait(b"\r\n")
+                try:
+                    connection.outgoing_send.send_nowait(b"\r\n")
+                except trio.WouldBlock:
+                    self.log.info(
+                        "SIP over TCP: the peer does not read what we send, closing",
+                        extra={"peer": f"{peer.host}:{peer.port}"},
+                    )
+                    return
 
     async def _write_connection(
         self, connection: _TcpConnection, cancel_scope: trio.CancelScope
@@ -579,6 +656,15 @@ class _SipEndpoint:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         cancel_scope.cancel()
+
+    def _guarded_input(self, handle: Callable[[Any, Peer], None], item: Any, peer: Peer) -> None:
+        """One message's failure costs that message, never the listener and its calls."""
+        try:
+            handle(item, peer)
+        except Exception:
+            self.log.exception(
+                "SIP message could not be handled", extra={"peer": f"{peer.host}:{peer.port}"}
+            )
 
     def _allowed_source(self, host: str) -> bool:
         """The core checks every message too; this only spares a connection nobody may use."""
@@ -724,7 +810,7 @@ async def serve_sip(
                     "rtp_ports": f"{config.rtp_port_min}-{config.rtp_port_max}",
                 },
             )
-            task_status.started(SipListening(port=port))
+            task_status.started(SipListening(port=port, end_calls=endpoint.end_calls))
     finally:
         if udp_sock is not None:
             udp_sock.close()
