@@ -113,6 +113,7 @@ class SipCallLeg:
         self._media: RtpMedia | None = None
         self._answered = False
         self._finished = False
+        self._closed = False
         self._ended: TelephonyEnded | None = None
         self._ended_event = trio.Event()
         self._pending_dtmf: list[str] = []
@@ -235,7 +236,34 @@ class SipCallLeg:
         self._finished = True
         if self._media is not None:
             self._endpoint.rtp.remove(self._media)
+            if not self._closed:
+                self._log_media(self._media)
+        self._closed = True
         self._endpoint.forget(self)
+
+    def _log_media(self, media: RtpMedia) -> None:
+        rtp = media.session.statistics()
+        jitter = rtp.jitter
+        self._endpoint.log.info(
+            "SIP call media",
+            extra={
+                **self._extra,
+                "packets_in": rtp.packets_in,
+                "packets_out": rtp.packets_out,
+                "audio_frames_out": rtp.audio_frames_out,
+                "lost": jitter.lost,
+                "late": jitter.late,
+                "duplicates": jitter.duplicates,
+                "reordered": jitter.reordered,
+                "malformed": rtp.malformed,
+                "wrong_source": rtp.wrong_source,
+                "dtmf_in": rtp.dtmf_in,
+                "cleared_frames": rtp.cleared_frames,
+                "ticks_skipped": rtp.ticks_skipped,
+                "caller_audio_dropped": media.statistics.caller_audio_dropped,
+                "send_errors": media.statistics.send_errors,
+            },
+        )
 
     def shut_down(self) -> None:
         """The daemon stops: end the SIP side (BYE, or 503 before the answer) and tell the call."""
