@@ -66,6 +66,7 @@ import random
 import string
 import sys
 from array import array
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -74,6 +75,9 @@ from bridge.call.events import Codec
 from bridge.media import g711
 
 JsonObject = dict[str, Any]
+# A field validator: takes a client value and its parameter path, returns the value as the model
+# stores and echoes it, or raises _ClientError.
+_FieldCheck = Callable[[object, str], Any]
 
 FRAME_MS: Final = 20
 DELTA_MS: Final = 100
@@ -208,6 +212,20 @@ _SEMANTIC_VAD_KEYS: Final = frozenset(
 )
 # semantic_vad has no energy knobs; its eagerness maps onto how long a pause ends the turn.
 _SEMANTIC_SILENCE_MS: Final = {"low": 1000, "medium": 500, "auto": 500, "high": 250}
+
+# The models the beta session schema enumerates (openai-python ``beta.realtime.Session.model``).
+_BETA_MODELS: Final = (
+    "gpt-realtime",
+    "gpt-realtime-2025-08-28",
+    "gpt-4o-realtime-preview",
+    "gpt-4o-realtime-preview-2024-10-01",
+    "gpt-4o-realtime-preview-2024-12-17",
+    "gpt-4o-realtime-preview-2025-06-03",
+    "gpt-4o-mini-realtime-preview",
+    "gpt-4o-mini-realtime-preview-2024-12-17",
+)
+# reasoning.effort and audio.input.transcription.delay share one scale.
+_EFFORT_LEVELS: Final = ("minimal", "low", "medium", "high", "xhigh")
 
 # GA allows ["audio"] or ["text"]; beta clients say ["audio", "text"] for audio with transcript.
 _RESPONSE_MODALITIES: Final = (["audio"], ["text"], ["audio", "text"], ["text", "audio"])
@@ -653,11 +671,25 @@ def _check_noise_reduction(value: object, param: str) -> JsonObject | None:
 
 
 def _check_voice(value: object, param: str) -> Any:
+    """A GA voice: a built-in name or a custom voice object ``{"id": ...}``."""
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and isinstance(value.get("id"), str):
+        _reject_unknown_keys(value, frozenset({"id"}), param)
         return {"id": value["id"]}
     raise _invalid_type(param, "a string or an object with an 'id'")
+
+
+def _check_beta_voice(value: object, param: str) -> str:
+    # Custom voice objects came with the GA interface; the beta session knows voice names only.
+    if not isinstance(value, str):
+        raise _invalid_type(param, "a string")
+    return value
+
+
+def _voice_name(voice: Any) -> str:
+    """The voice as a response shows it: a response's ``voice`` is a plain string."""
+    return voice["id"] if isinstance(voice, dict) else str(voice)
 
 
 def _check_speed(value: object, param: str) -> float:
@@ -678,6 +710,12 @@ def _check_model(value: object, param: str) -> str:
     return value
 
 
+def _check_beta_model(value: object, param: str) -> str:
+    # The beta session schema enumerates its models; anything else is refused, not echoed.
+    _check_model(value, param)
+    return _check_enum(value, param, _BETA_MODELS)
+
+
 def _check_enum(value: object, param: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         choices = ", ".join(f"'{choice}'" for choice in allowed)
@@ -685,16 +723,68 @@ def _check_enum(value: object, param: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _check_integer(value: object, param: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid_type(param, "an integer")
+    return value
+
+
+def _check_number(value: object, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid_type(param, "a number")
+    return value
+
+
+def _check_any_object(value: object, param: str) -> JsonObject:
+    return copy.deepcopy(_require_object(value, param))
+
+
+def _check_str_list(value: object, param: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+        raise _invalid_type(param, "an array of strings")
+    return list(value)
+
+
+def _check_str_map(value: object, param: str) -> dict[str, str]:
+    wire = _require_object(value, param)
+    if not all(isinstance(entry, str) for entry in wire.values()):
+        raise _invalid_type(param, "an object of string values")
+    return dict(wire)
+
+
+def _optional(check: _FieldCheck) -> _FieldCheck:
+    """`check`, but ``null`` passes as it is."""
+
+    def check_optional(value: object, param: str) -> Any:
+        return None if value is None else check(value, param)
+
+    return check_optional
+
+
+def _check_object(value: object, param: str, fields: Mapping[str, _FieldCheck]) -> JsonObject:
+    """A client object echoed back later: every key known, every value checked and normalised.
+
+    Whatever the model echoes must parse with the SDK types, so unknown keys are refused rather
+    than passed through (the service refuses them as well).
+    """
+    wire = _require_object(value, param)
+    _reject_unknown_keys(wire, frozenset(fields), param)
+    return {key: fields[key](entry, f"{param}.{key}") for key, entry in wire.items()}
+
+
 def _check_transcription(value: object, param: str, *, dialect: Dialect) -> JsonObject | None:
     if value is None:
         return None
     wire = _require_object(value, param)
-    text_keys = ("model", "language", "prompt") + (("delay",) if dialect is Dialect.GA else ())
+    text_keys = ("model", "language", "prompt")
     list_keys = ("languages", "keywords") if dialect is Dialect.GA else ()
-    _reject_unknown_keys(wire, frozenset(text_keys + list_keys), param)
+    enum_keys = ("delay",) if dialect is Dialect.GA else ()
+    _reject_unknown_keys(wire, frozenset(text_keys + list_keys + enum_keys), param)
     for key in text_keys:
         if key in wire:
             _check_str(wire[key], f"{param}.{key}")
+    if "delay" in wire:
+        _check_enum(wire["delay"], f"{param}.delay", _EFFORT_LEVELS)
     for key in list_keys:
         if key in wire and (
             not isinstance(wire[key], list) or not all(isinstance(v, str) for v in wire[key])
@@ -703,24 +793,26 @@ def _check_transcription(value: object, param: str, *, dialect: Dialect) -> Json
     return copy.deepcopy(wire)
 
 
-def _check_tools(value: object, param: str) -> list[Any]:
+def _check_tools(value: object, param: str, *, dialect: Dialect) -> list[Any]:
     if not isinstance(value, list):
         raise _invalid_type(param, "an array")
+    # MCP tools came with the GA interface; the beta schema knows function tools only.
+    kinds = ("function", "mcp") if dialect is Dialect.GA else ("function",)
+    tools = []
     for index, tool in enumerate(value):
         tool_param = f"{param}[{index}]"
-        tool = _require_object(tool, tool_param)
-        kind = tool.get("type", "function")
-        if kind == "function":
-            _check_str(tool.get("name"), f"{tool_param}.name")
-            if "description" in tool:
-                _check_str(tool["description"], f"{tool_param}.description")
-            if "parameters" in tool:
-                _require_object(tool["parameters"], f"{tool_param}.parameters")
-        elif kind == "mcp":
-            _check_str(tool.get("server_label"), f"{tool_param}.server_label")
-        else:
+        wire = _require_object(tool, tool_param)
+        kind = wire.get("type", "function")
+        if kind not in kinds:
             raise _invalid_value(f"{tool_param}.type", f"Invalid tool type: {kind!r}.")
-    return copy.deepcopy(value)
+        if kind == "function":
+            # The name is optional in the schema but a function nobody can call is a client bug.
+            _check_str(wire.get("name"), f"{tool_param}.name")
+            tools.append(_check_object(wire, tool_param, _FUNCTION_TOOL_FIELDS))
+        else:
+            _check_str(wire.get("server_label"), f"{tool_param}.server_label")
+            tools.append(_check_object(wire, tool_param, _MCP_TOOL_FIELDS))
+    return tools
 
 
 def _check_tool_choice(value: object, param: str, *, dialect: Dialect) -> Any:
@@ -730,9 +822,15 @@ def _check_tool_choice(value: object, param: str, *, dialect: Dialect) -> Any:
         return _check_enum(value, param, ("auto", "none", "required"))
     wire = _require_object(value, param)
     kind = _check_enum(wire.get("type"), f"{param}.type", ("function", "mcp"))
-    name_key = "name" if kind == "function" else "server_label"
-    _check_str(wire.get(name_key), f"{param}.{name_key}")
-    return copy.deepcopy(wire)
+    if kind == "function":
+        _check_str(wire.get("name"), f"{param}.name")
+        return _check_object(wire, param, {"type": _check_str, "name": _check_str})
+    _check_str(wire.get("server_label"), f"{param}.server_label")
+    return _check_object(
+        wire,
+        param,
+        {"type": _check_str, "server_label": _check_str, "name": _optional(_check_str)},
+    )
 
 
 def _check_token_limit(value: object, param: str) -> int | str:
@@ -764,7 +862,19 @@ def _check_truncation(value: object, param: str) -> Any:
     ratio = wire.get("retention_ratio")
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
         raise _invalid_value(f"{param}.retention_ratio", f"Invalid value: {ratio!r}.")
-    return copy.deepcopy(wire)
+    return _check_object(
+        wire,
+        param,
+        {
+            "type": _check_str,
+            "retention_ratio": _check_number,
+            "token_limits": _optional(
+                functools.partial(
+                    _check_object, fields={"post_instructions": _optional(_check_integer)}
+                )
+            ),
+        },
+    )
 
 
 def _check_include(value: object, param: str) -> Any:
@@ -782,32 +892,49 @@ def _check_prompt(value: object, param: str) -> Any:
         return None
     wire = _require_object(value, param)
     _check_str(wire.get("id"), f"{param}.id")
-    if "version" in wire and wire["version"] is not None:
-        _check_str(wire["version"], f"{param}.version")
-    if "variables" in wire and wire["variables"] is not None:
-        variables = _require_object(wire["variables"], f"{param}.variables")
-        for name, variable in variables.items():
-            # A variable is plain text or an input object (input_text, input_image, input_file).
-            if not isinstance(variable, str):
-                kind = _require_object(variable, f"{param}.variables.{name}").get("type")
-                _check_enum(
-                    kind,
-                    f"{param}.variables.{name}.type",
-                    ("input_text", "input_image", "input_file"),
+    return _check_object(
+        wire,
+        param,
+        {
+            "id": _check_str,
+            "version": _optional(_check_str),
+            "variables": _optional(_check_prompt_variables),
+        },
+    )
+
+
+def _check_prompt_variables(value: object, param: str) -> JsonObject:
+    variables = _require_object(value, param)
+    checked: JsonObject = {}
+    for name, variable in variables.items():
+        # A variable is plain text or an input object (input_text, input_image, input_file).
+        variable_param = f"{param}.{name}"
+        if isinstance(variable, str):
+            checked[name] = variable
+            continue
+        wire = _require_object(variable, variable_param)
+        kind = _check_enum(wire.get("type"), f"{variable_param}.type", tuple(_PROMPT_INPUTS))
+        fields, required = _PROMPT_INPUTS[kind]
+        for key in required:
+            if key not in wire:
+                raise _ClientError(
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{variable_param}.{key}'.",
+                    param=f"{variable_param}.{key}",
                 )
-    return copy.deepcopy(wire)
+        checked[name] = _check_object(wire, variable_param, fields)
+    return checked
 
 
 def _check_reasoning(value: object, param: str) -> Any:
-    wire = _require_object(value, param)
-    if "effort" in wire and wire["effort"] is not None:
-        _check_enum(
-            wire["effort"], f"{param}.effort", ("minimal", "low", "medium", "high", "xhigh")
-        )
-    return copy.deepcopy(wire)
+    return _check_object(value, param, {"effort": _optional(_effort)})
 
 
-def _check_parallel_tool_calls(value: object, param: str) -> bool:
+def _effort(value: object, param: str) -> str:
+    return _check_enum(value, param, _EFFORT_LEVELS)
+
+
+def _check_boolean(value: object, param: str) -> bool:
     if not isinstance(value, bool):
         raise _invalid_type(param, "a boolean")
     return value
@@ -835,13 +962,76 @@ def _check_beta_modalities(value: object, param: str) -> list[str]:
     return ["text"] if value == ["text"] else ["audio", "text"]
 
 
+_FUNCTION_TOOL_FIELDS: Final[dict[str, _FieldCheck]] = {
+    "type": _check_str,
+    "name": _check_str,
+    "description": _check_str,
+    "parameters": _check_any_object,
+}
+_MCP_TOOL_FIELDS: Final[dict[str, _FieldCheck]] = {
+    "type": _check_str,
+    "server_label": _check_str,
+    "server_url": _check_str,
+    "server_description": _check_str,
+    "authorization": _check_str,
+    "connector_id": functools.partial(
+        _check_enum,
+        allowed=(
+            "connector_dropbox",
+            "connector_gmail",
+            "connector_googlecalendar",
+            "connector_googledrive",
+            "connector_microsoftteams",
+            "connector_outlookcalendar",
+            "connector_outlookemail",
+            "connector_sharepoint",
+        ),
+    ),
+    "headers": _optional(_check_str_map),
+    "require_approval": _optional(functools.partial(_check_enum, allowed=("always", "never"))),
+    "allowed_tools": _optional(_check_str_list),
+    "defer_loading": _check_boolean,
+}
+# Prompt variable objects by type: their fields, and which of those the schema requires.
+_PROMPT_INPUTS: Final[dict[str, tuple[dict[str, _FieldCheck], tuple[str, ...]]]] = {
+    "input_text": ({"type": _check_str, "text": _check_str}, ("text",)),
+    "input_image": (
+        {
+            "type": _check_str,
+            "detail": functools.partial(_check_enum, allowed=("low", "high", "auto", "original")),
+            "file_id": _optional(_check_str),
+            "image_url": _optional(_check_str),
+        },
+        ("detail",),
+    ),
+    "input_file": (
+        {
+            "type": _check_str,
+            "detail": _optional(functools.partial(_check_enum, allowed=("auto", "low", "high"))),
+            "file_data": _optional(_check_str),
+            "file_id": _optional(_check_str),
+            "file_url": _optional(_check_str),
+            "filename": _optional(_check_str),
+        },
+        (),
+    ),
+}
+
+# Content parts of client-created message items, echoed in conversation.item.added / .created.
+_TEXT_PART_FIELDS: Final[dict[str, _FieldCheck]] = {"type": _check_str, "text": _check_str}
+_INPUT_AUDIO_PART_FIELDS: Final[dict[str, _FieldCheck]] = {
+    "type": _check_str,
+    "audio": _optional(_check_str),
+    "transcript": _optional(_check_str),
+}
+
 # Top-level session fields without nested audio rules: each one's validator and normaliser.
 _GA_FIELD_CHECKS: Final[dict[str, Any]] = {
     "type": _check_str,
     "model": _check_model,
     "output_modalities": _check_output_modalities,
     "instructions": _check_str,
-    "tools": _check_tools,
+    "tools": functools.partial(_check_tools, dialect=Dialect.GA),
     "tool_choice": functools.partial(_check_tool_choice, dialect=Dialect.GA),
     "max_output_tokens": _check_token_limit,
     "tracing": _check_tracing,
@@ -849,18 +1039,18 @@ _GA_FIELD_CHECKS: Final[dict[str, Any]] = {
     "include": _check_include,
     "prompt": _check_prompt,
     "reasoning": _check_reasoning,
-    "parallel_tool_calls": _check_parallel_tool_calls,
+    "parallel_tool_calls": _check_boolean,
 }
 _BETA_FIELD_CHECKS: Final[dict[str, Any]] = {
-    "model": _check_model,
+    "model": _check_beta_model,
     "modalities": _check_beta_modalities,
     "instructions": _check_str,
-    "voice": _check_voice,
+    "voice": _check_beta_voice,
     "speed": _check_speed,
     "turn_detection": functools.partial(_check_turn_detection, type_required=False),
     "input_audio_transcription": functools.partial(_check_transcription, dialect=Dialect.BETA),
     "input_audio_noise_reduction": _check_noise_reduction,
-    "tools": _check_tools,
+    "tools": functools.partial(_check_tools, dialect=Dialect.BETA),
     "tool_choice": functools.partial(_check_tool_choice, dialect=Dialect.BETA),
     "temperature": _check_temperature,
     "max_response_output_tokens": _check_token_limit,
@@ -1091,7 +1281,7 @@ class LoopbackModel:
             if response.released < len(response.chunks):
                 return self._due(response, response.chunk_starts_ms[response.released])
             return self._due(response, response.total_ms)
-        return self._idle_deadline
+        return self._idle_deadline if self._idle_timer_may_fire() else math.inf
 
     def handle_timeout(self, now: float) -> None:
         if self._close_requested is None:
@@ -1202,13 +1392,20 @@ class LoopbackModel:
             self._release_due(response, now)
             if self._active is response:
                 break
-        if (
+        if self._idle_timer_may_fire() and now >= self._idle_deadline:
+            self._on_idle_timeout(now)
+
+    def _idle_timer_may_fire(self) -> bool:
+        """Whether :meth:`_advance` acts on the idle deadline; `next_deadline` must agree.
+
+        A deadline reported but never handled would have the adapter wake up at once, forever.
+        """
+        return (
             self._active is None
             and self._speech_item_id is None
-            and now >= self._idle_deadline
             and self._settings.turn_detection is not None
-        ):
-            self._on_idle_timeout(now)
+            and self._settings.turn_detection.idle_timeout_ms is not None
+        )
 
     # ---- session ----------------------------------------------------------------------------
 
@@ -1494,8 +1691,8 @@ class LoopbackModel:
             content = item.get("content")
             if not isinstance(content, list) or not content:
                 raise _invalid_type("item.content", "a non-empty array")
-            text = self._message_text(role, content)
-            wire.update({"status": "completed", "role": role, "content": copy.deepcopy(content)})
+            text, parts = self._message_content(role, content)
+            wire.update({"status": "completed", "role": role, "content": parts})
         elif kind == "function_call_output":
             call_id, output = item.get("call_id"), item.get("output")
             if not isinstance(call_id, str) or not isinstance(output, str):
@@ -1516,11 +1713,14 @@ class LoopbackModel:
             self._user_texts.append(text)
         self._add_item(_Item(id=item_id, wire=wire, role=role, text=text), previous)
 
-    def _message_text(self, role: str, content: list[Any]) -> str:
+    def _message_content(self, role: str, content: list[Any]) -> tuple[str, list[JsonObject]]:
+        """The message's text and its content parts, checked as the item events will echo them."""
+        assistant_text = "output_text" if self._dialect is Dialect.GA else "text"
         allowed = {"user": ("input_text", "input_audio"), "system": ("input_text",)}.get(
-            role, ("output_text", "text")
+            role, (assistant_text,)
         )
         texts = []
+        parts = []
         for index, part in enumerate(content):
             param = f"item.content[{index}]"
             part = _require_object(part, param)
@@ -1531,12 +1731,15 @@ class LoopbackModel:
                 )
             if part_type not in allowed:
                 raise _invalid_value(f"{param}.type", f"Invalid content type '{part_type}'.")
-            text = part.get("text")
-            if part_type != "input_audio":
-                if not isinstance(text, str):
+            if part_type == "input_audio":
+                fields = _INPUT_AUDIO_PART_FIELDS
+            else:
+                if not isinstance(part.get("text"), str):
                     raise _invalid_type(f"{param}.text", "a string")
-                texts.append(text)
-        return " ".join(texts)
+                texts.append(part["text"])
+                fields = _TEXT_PART_FIELDS
+            parts.append(_check_object(part, param, fields))
+        return " ".join(texts), parts
 
     def _on_item_delete(self, event: JsonObject) -> None:
         item_id = event.get("item_id")
@@ -1672,7 +1875,10 @@ class LoopbackModel:
                 "output_modalities": modalities,
                 "max_output_tokens": "inf",
                 "audio": {
-                    "output": {"format": output_format.ga_wire(), "voice": self._settings.voice}
+                    "output": {
+                        "format": output_format.ga_wire(),
+                        "voice": _voice_name(self._settings.voice),
+                    }
                 },
                 "usage": None,
                 "metadata": response.plan.metadata,
@@ -1686,7 +1892,7 @@ class LoopbackModel:
             "conversation_id": self._conversation_id,
             "modalities": ["text", "audio"] if response.plan.audio is not None else ["text"],
             "output_audio_format": output_format.beta_name,
-            "voice": self._settings.voice,
+            "voice": _voice_name(self._settings.voice),
             "temperature": self._session.get("temperature", 0.8),
             "max_output_tokens": "inf",
             "usage": None,
@@ -1873,6 +2079,10 @@ class LoopbackModel:
     def _arm_idle_timer(self, response: _Response) -> None:
         turn_detection = self._settings.turn_detection
         if turn_detection is None or turn_detection.idle_timeout_ms is None:
+            return
+        if self._speech_item_id is not None:
+            # The caller began speaking while the reply played (interrupt_response false): the
+            # silence the timer waits for has not begun. It restarts after the next reply.
             return
         # The caller hears the reply in real time from its first delta on.
         played_until = response.started_at + response.total_ms / 1000

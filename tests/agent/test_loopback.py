@@ -109,12 +109,15 @@ class Harness:
 
     def run_until_idle(self, limit: float = 60.0) -> list[dict[str, Any]]:
         """Let wall time pass deadline by deadline until nothing is scheduled."""
-        events = []
-        while (deadline := self.model.next_deadline()) <= limit:
+        events: list[dict[str, Any]] = []
+        for _ in range(10_000):
+            deadline = self.model.next_deadline()
+            if deadline > limit:
+                return events
             self.now = max(self.now, deadline)
             self.model.handle_timeout(self.now)
             events += self.take()
-        return events
+        raise AssertionError(f"the model keeps a timer due at {deadline} after handling it")
 
 
 def types(events: Iterable[dict[str, Any]]) -> list[str]:
@@ -813,6 +816,61 @@ VALID_EVENTS: list[dict[str, Any]] = [
         "response": {"instructions": "one two", "output_modalities": ["audio"], "metadata": {}},
     },
     {"type": "response.cancel", "response_id": "resp_x"},
+    # Appended, so the indices above stay put: the rarer GA shapes the model also echoes.
+    {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "tools": [
+                {
+                    "type": "mcp",
+                    "server_label": "crm",
+                    "server_url": "https://mcp.example/",
+                    "headers": {"x-key": "v"},
+                    "require_approval": "never",
+                    "allowed_tools": ["lookup"],
+                }
+            ],
+            "tool_choice": {"type": "mcp", "server_label": "crm", "name": "lookup"},
+            "truncation": {
+                "type": "retention_ratio",
+                "retention_ratio": 0.5,
+                "token_limits": {"post_instructions": 1000},
+            },
+            "prompt": {
+                "id": "p",
+                "variables": {
+                    "name": "Ada",
+                    "note": {"type": "input_text", "text": "hi"},
+                    "photo": {"type": "input_image", "detail": "auto", "image_url": "u"},
+                    "doc": {"type": "input_file", "file_id": "f", "detail": "low"},
+                },
+            },
+            "audio": {
+                "input": {"transcription": {"model": "whisper-1", "delay": "low"}},
+                "output": {"voice": {"id": "voice_1"}},
+            },
+        },
+    },
+    {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_audio", "audio": "AAAA", "transcript": "hi"},
+                {"type": "input_text", "text": "there"},
+            ],
+        },
+    },
+    {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "hello"}],
+        },
+    },
 ]
 
 
@@ -838,10 +896,45 @@ def broken_events(draw: st.DrawFn) -> dict[str, Any]:
     return event
 
 
+# Found by Hypothesis: the caller starts speaking while a reply plays (interrupt_response false),
+# the reply completes and armed the idle timer, which never fired while the caller spoke, yet
+# next_deadline() kept reporting it: the adapter would have spun on handle_timeout forever.
+IDLE_TIMER_ARMED_DURING_SPEECH = [
+    {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcmu"},
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "idle_timeout_ms": 5000,
+                        "interrupt_response": False,
+                    },
+                }
+            },
+        },
+    },
+    {"type": "response.create", "response": {"instructions": "one two"}},
+    # Zero bytes are full scale in u-law: speech starts while the reply is still being sent.
+    {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(320)).decode()},
+]
+# Found by Hypothesis: the beta session echoed model '0', which the beta schema's enum rejects.
+BETA_UPDATE_WITH_UNLISTED_MODEL = [
+    {
+        "type": "session.update",
+        "session": {**VALID_EVENTS[2]["session"], "model": "0"},
+    }
+]
+
+
 @hypothesis.given(
     st.lists(st.sampled_from(VALID_EVENTS) | broken_events(), min_size=1, max_size=6),
     st.sampled_from(["ga", "beta"]),
 )
+@hypothesis.example(events=IDLE_TIMER_ARMED_DURING_SPEECH, dialect="ga")
+@hypothesis.example(events=BETA_UPDATE_WITH_UNLISTED_MODEL, dialect="beta")
 @hypothesis.settings(max_examples=500, deadline=None)
 def test_broken_events_never_raise_and_replies_stay_well_formed(
     events: list[dict[str, Any]], dialect: str
@@ -959,3 +1052,247 @@ def test_an_empty_model_name_is_refused(dialect: str) -> None:
         session["type"] = "realtime"
     events = harness.send({"type": "session.update", "session": session})
     assert error_codes(events) == ["invalid_value"]
+
+
+def test_the_beta_session_refuses_a_model_its_schema_does_not_list() -> None:
+    harness = Harness(dialect="beta")
+    harness.take()
+    (error,) = harness.send(BETA_UPDATE_WITH_UNLISTED_MODEL[0])
+    assert error["error"]["code"] == "invalid_value"
+    assert error["error"]["param"] == "session.model"
+    assert harness.model.statistics().input_format == "audio/pcm"
+    (updated,) = harness.send(
+        {"type": "session.update", "session": {"model": "gpt-4o-realtime-preview-2024-12-17"}}
+    )
+    assert updated["session"]["model"] == "gpt-4o-realtime-preview-2024-12-17"
+
+
+def test_idle_timer_waits_while_the_caller_speaks_over_the_reply() -> None:
+    harness = Harness()
+    harness.take()
+    harness.configure(
+        Codec.PCMU,
+        turn_detection={"type": "server_vad", "idle_timeout_ms": 5000, "interrupt_response": False},
+    )
+    harness.send({"type": "response.create", "response": {"instructions": "Hi"}})
+    # The caller talks over the whole 250 ms reply, which is not interrupted and completes.
+    events = harness.stream(sine(Codec.PCMU, 400))
+    assert types(events)[0] == "input_audio_buffer.speech_started"
+    assert first(events, "response.done")["response"]["status"] == "completed"
+    # Nobody is silent yet, so no idle deadline is due (one that is never handled would spin).
+    assert harness.model.next_deadline() == math.inf
+    assert harness.run_until_idle(limit=harness.now + 30) == []
+    # Once the caller's turn has been answered and that reply has played, the timer runs again.
+    events = harness.stream(quiet(Codec.PCMU, 600)) + harness.run_until_idle(limit=harness.now + 3)
+    turn_reply = first(events, "response.created")["response"]["id"]
+    assert first(events, "response.done")["response"]["id"] == turn_reply
+    assert math.isfinite(harness.model.next_deadline())
+    events = harness.run_until_idle(limit=harness.now + 30)
+    assert types(events)[0] == "input_audio_buffer.timeout_triggered"
+
+
+def _session(dialect: str, **fields: Any) -> dict[str, Any]:
+    if dialect == "ga":
+        fields = {"type": "realtime", **fields}
+    return {"type": "session.update", "session": fields}
+
+
+def _message(role: str, *content: dict[str, Any]) -> dict[str, Any]:
+    item = {"type": "message", "role": role, "content": list(content)}
+    return {"type": "conversation.item.create", "item": item}
+
+
+# Client objects the model echoes (in session.updated or the conversation.item events) are
+# checked field by field: these passed a shallow check before and came back in a shape the SDK
+# types reject. Now each is refused with the error the service gives.
+@pytest.mark.parametrize(
+    ("dialect", "event", "code", "param"),
+    [
+        ("beta", _session("beta", voice={"id": "voice_1"}), "invalid_type", "session.voice"),
+        (
+            "beta",
+            _session("beta", tools=[{"type": "mcp", "server_label": "s"}]),
+            "invalid_value",
+            "session.tools[0].type",
+        ),
+        (
+            "ga",
+            _session("ga", audio={"input": {"transcription": {"delay": "soon"}}}),
+            "invalid_value",
+            "session.audio.input.transcription.delay",
+        ),
+        (
+            "ga",
+            _session(
+                "ga",
+                truncation={"type": "retention_ratio", "retention_ratio": 0.5, "token_limits": 5},
+            ),
+            "invalid_type",
+            "session.truncation.token_limits",
+        ),
+        (
+            "ga",
+            _session(
+                "ga",
+                truncation={
+                    "type": "retention_ratio",
+                    "retention_ratio": 0.5,
+                    "token_limits": {"post_instructions": "many"},
+                },
+            ),
+            "invalid_type",
+            "session.truncation.token_limits.post_instructions",
+        ),
+        (
+            "ga",
+            _session("ga", tools=[{"type": "mcp", "server_label": "s", "headers": 5}]),
+            "invalid_type",
+            "session.tools[0].headers",
+        ),
+        (
+            "ga",
+            _session("ga", tools=[{"type": "function", "name": "f", "strict": True}]),
+            "unknown_parameter",
+            "session.tools[0].strict",
+        ),
+        (
+            "ga",
+            _session("ga", tool_choice={"type": "mcp", "server_label": "s", "name": 5}),
+            "invalid_type",
+            "session.tool_choice.name",
+        ),
+        (
+            "ga",
+            _session("ga", reasoning={"effort": "low", "summary": "auto"}),
+            "unknown_parameter",
+            "session.reasoning.summary",
+        ),
+        (
+            "ga",
+            _session("ga", prompt={"id": "p", "variables": {"a": {"type": "input_text"}}}),
+            "missing_required_parameter",
+            "session.prompt.variables.a.text",
+        ),
+        (
+            "ga",
+            _session("ga", prompt={"id": "p", "variables": {"a": {"type": "input_image"}}}),
+            "missing_required_parameter",
+            "session.prompt.variables.a.detail",
+        ),
+        (
+            "ga",
+            _session("ga", prompt={"id": "p", "label": "x"}),
+            "unknown_parameter",
+            "session.prompt.label",
+        ),
+        (
+            "ga",
+            _message("user", {"type": "input_audio", "audio": 5}),
+            "invalid_type",
+            "item.content[0].audio",
+        ),
+        (
+            "ga",
+            _message("user", {"type": "input_text", "text": "a", "transcript": 5}),
+            "unknown_parameter",
+            "item.content[0].transcript",
+        ),
+        (
+            "ga",
+            _message("assistant", {"type": "text", "text": "a"}),
+            "invalid_value",
+            "item.content[0].type",
+        ),
+        (
+            "beta",
+            _message("assistant", {"type": "output_text", "text": "a"}),
+            "invalid_value",
+            "item.content[0].type",
+        ),
+    ],
+)
+def test_echoed_client_objects_are_checked_field_by_field(
+    dialect: str, event: dict[str, Any], code: str, param: str
+) -> None:
+    harness = Harness(dialect=dialect)
+    harness.take()
+    (error,) = harness.send(event)
+    assert (error["type"], error["error"]["code"], error["error"]["param"]) == (
+        "error",
+        code,
+        param,
+    )
+
+
+@pytest.mark.parametrize(
+    ("dialect", "event"),
+    [
+        ("ga", _session("ga", audio={"input": {"transcription": {"delay": "low"}}})),
+        (
+            "ga",
+            _session(
+                "ga",
+                truncation={
+                    "type": "retention_ratio",
+                    "retention_ratio": 0.5,
+                    "token_limits": {"post_instructions": 1000},
+                },
+            ),
+        ),
+        (
+            "ga",
+            _session(
+                "ga",
+                tools=[
+                    {
+                        "type": "mcp",
+                        "server_label": "crm",
+                        "server_url": "https://mcp.example/",
+                        "headers": {"x-key": "v"},
+                        "require_approval": "never",
+                        "allowed_tools": ["lookup"],
+                    }
+                ],
+                tool_choice={"type": "mcp", "server_label": "crm", "name": "lookup"},
+            ),
+        ),
+        (
+            "ga",
+            _session(
+                "ga",
+                prompt={
+                    "id": "p",
+                    "version": None,
+                    "variables": {
+                        "name": "Ada",
+                        "note": {"type": "input_text", "text": "hi"},
+                        "photo": {"type": "input_image", "detail": "auto", "image_url": "u"},
+                        "doc": {"type": "input_file", "file_id": "f"},
+                    },
+                },
+            ),
+        ),
+        ("ga", _message("user", {"type": "input_audio", "transcript": "hello"})),
+        ("ga", _message("assistant", {"type": "output_text", "text": "hello"})),
+        ("beta", _message("assistant", {"type": "text", "text": "hello"})),
+        ("beta", _session("beta", tools=[{"name": "f", "parameters": {"type": "object"}}])),
+    ],
+)
+def test_well_formed_client_objects_are_accepted_and_echo_in_the_sdk_shape(
+    dialect: str, event: dict[str, Any]
+) -> None:
+    harness = Harness(dialect=dialect)
+    harness.take()
+    events = harness.send(event)  # The harness validates every event against the SDK types.
+    assert error_codes(events) == []
+
+
+def test_a_custom_voice_is_named_by_its_id_in_responses() -> None:
+    # The session shows the voice object; a response's voice field is a plain string.
+    harness = Harness()
+    harness.take()
+    (updated,) = harness.send(_session("ga", audio={"output": {"voice": {"id": "voice_1234"}}}))
+    assert updated["session"]["audio"]["output"]["voice"] == {"id": "voice_1234"}
+    events = harness.send({"type": "response.create"})
+    response = first(events, "response.created")["response"]
+    assert response["audio"]["output"]["voice"] == "voice_1234"
