@@ -217,7 +217,7 @@ class SipCallLeg:
         now = trio.current_time()
         if self._answered:
             endpoint.ua.hang_up(self.key, now)
-            endpoint.log.info("sending BYE", extra={**self._extra, "reason": reason.value})
+            endpoint.log.info("hanging up (BYE)", extra={**self._extra, "reason": reason.value})
         else:
             status = _STATUS_BEFORE_ANSWER.get(reason, _DEFAULT_STATUS_BEFORE_ANSWER)
             retry_after = endpoint.config.retry_after_s if status == 503 else None
@@ -302,7 +302,13 @@ class SipCallLeg:
         if self._media is None:
             return
         now = trio.current_time()
-        self._media.session.update_remote(_remote_media(audio), audio.direction, now)
+        self._media.session.update_remote(
+            _remote_media(audio),
+            audio.direction,
+            now,
+            payload_type=audio.payload_type,
+            dtmf_payload_type=audio.dtmf_payload_type,
+        )
         self._media.hold(_expects_caller_media(audio.direction), now)
         self._endpoint.log.info(
             "SIP media updated",

@@ -38,20 +38,38 @@ A datagram whose second byte is an RTCP packet type is ignored (we do not multip
 peer may send it to the RTP port anyway). Unparseable datagrams count as `malformed`.
 
 Latching (symmetric RTP, RFC 4961; protocols.md §4.5): we send to where the peer's media comes
-from, which behind NAT is not the SDP address. States:
+from, which behind NAT is not the SDP address. But the port we receive on is even and from a
+known range, so anyone who guesses it can send to it: a source other than the SDP address must
+prove itself with LATCH_CONFIRM_PACKETS (3) consecutive valid packets, none from the latched
+source or the SDP address in between, and may take over only while the window is open. The
+window opens with the first latch and lasts `latch_window_s`. The SDP address (host and port,
+from our peer's own signalling) needs no proof. States:
 
 ==========  ===============================================  =====================================
 state       datagram from                                    effect
 ==========  ===============================================  =====================================
-UNLATCHED   anyone (valid RTP)                               latch to it; the window opens
-WINDOW      the latched source                               accepted; the candidate is forgotten
-WINDOW      another source, 1st consecutive packet           dropped (`wrong_source`), candidate
-WINDOW      the candidate, 2nd consecutive packet            re-latch to it, accepted
+any         the SDP address                                  accepted; latch to it (if not yet);
+                                                             the candidate is forgotten
+any         the latched source                               accepted; the candidate is forgotten
+UNLATCHED   another source, 1st or 2nd consecutive packet    dropped (`wrong_source`), candidate
+UNLATCHED   the candidate, 3rd consecutive packet            latch to it, accepted; window opens
+WINDOW      another source, 1st or 2nd consecutive packet    dropped (`wrong_source`), candidate
+WINDOW      the candidate, 3rd consecutive packet            re-latch to it, accepted
 LATCHED     another source (window of `latch_window_s` over)  dropped (`wrong_source`)
 ==========  ===============================================  =====================================
 
-:meth:`update_remote` (a re-INVITE) sets the new SDP address and returns to UNLATCHED. Until the
-first packet latches, :attr:`destination` is the SDP address.
+A peer without a usable SDP address (``remote=None``: c=0.0.0.0, a host name) is latched the
+same way: the first source with three consecutive packets. The price of the proof: the first two
+packets of a NATed peer are dropped (40 ms of caller audio at the start of the call, which the
+jitter buffer never sees, so nothing is concealed), and a re-latch mid-call drops two packets of
+a running stream, which the jitter buffer conceals as two lost frames of silence.
+
+:meth:`update_remote` (a re-INVITE) sets the new SDP address and returns to UNLATCHED, so a peer
+that moved (a transfer, a relay, a NAT binding that changed during a hold) is learnt again. Until
+a source latches, :attr:`destination` is the SDP address. It may also change the payload types:
+a new audio PT resets the jitter buffer (what it held is released first), a new telephone-event
+PT resets the DTMF receiver (and drops queued outbound digits when the call has none any more),
+and the next packet we send already carries the new audio PT.
 
 Accepted packets are demultiplexed by payload type: the call's audio PT goes through the
 :class:`~bridge.proto.rtp.jitter.JitterBuffer` and comes out as :class:`CallerAudio`, one per
@@ -68,6 +86,7 @@ direction: a peer that sends while it said it would not still reaches the model.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 import struct
@@ -89,7 +108,12 @@ from bridge.proto.rtp.packet import (
 from bridge.proto.sip.sdp import Direction
 
 COMFORT_NOISE_PAYLOAD_TYPE = 13
-LATCH_CONFIRM_PACKETS = 2
+# Consecutive packets a source other than the SDP address sends before it is latched (RFC 4961
+# latching with Asterisk-style strict-RTP probation, protocols.md §4.5).
+LATCH_CONFIRM_PACKETS = 3
+UNCHANGED = -1
+"""update_remote()'s `dtmf_payload_type` default: keep the telephone-event PT (None means the
+call has none any more)."""
 
 _HEADER = struct.Struct("!BBHII")
 _FIRST_BYTE = RTP_VERSION << 6
@@ -161,24 +185,22 @@ class RtpSession:
         latch_window_s: float = 2.0,
         jitter_depth_frames: int = 3,
     ) -> None:
-        for value in (payload_type, dtmf_payload_type):
-            if value is not None and not 0 <= value <= MAX_PAYLOAD_TYPE:
-                raise ValueError(f"payload type {value} is not 0..{MAX_PAYLOAD_TYPE}")
-        if dtmf_payload_type == payload_type:
-            raise ValueError("audio and telephone-event need different payload types")
+        _check_payload_types(payload_type, dtmf_payload_type)
         self._codec = codec
         self._payload_type = payload_type
         self._dtmf_payload_type = dtmf_payload_type
         self._remote = remote
+        self._sdp_source = _comparable(remote)
         self._direction = direction
         self._created_at = now
         self._latch_window_s = latch_window_s
         self._silence_frame = silence(codec, FRAME_BYTES)
         self._events: deque[SessionEvent] = deque()
         # inbound
-        self._jitter = JitterBuffer(
-            depth_frames=jitter_depth_frames, silence_byte=self._silence_frame[0]
-        )
+        self._jitter_depth_frames = jitter_depth_frames
+        self._jitter = self._new_jitter_buffer()
+        # counters of the jitter buffers an audio payload type change retired
+        self._retired_jitter: JitterStatistics | None = None
         self._dtmf_receiver = DtmfReceiver()
         self._latched: tuple[str, int] | None = None
         self._latch_window_ends = now
@@ -356,17 +378,44 @@ class RtpSession:
         return self._queued_frames
 
     def update_remote(
-        self, remote: tuple[str, int] | None, direction: Direction, now: float
+        self,
+        remote: tuple[str, int] | None,
+        direction: Direction,
+        now: float,
+        *,
+        payload_type: int | None = None,
+        dtmf_payload_type: int | None = UNCHANGED,
     ) -> None:
-        """A re-INVITE's new SDP address and direction; the next packet latches afresh."""
+        """A re-INVITE's new SDP address, direction and payload types; latching starts afresh.
+
+        `payload_type` None keeps the audio PT; `dtmf_payload_type` UNCHANGED keeps the
+        telephone-event PT and None removes it. ValueError (and nothing changes) for a PT out of
+        0..127 or audio and telephone-event on the same PT.
+        """
+        new_payload_type = self._payload_type if payload_type is None else payload_type
+        new_dtmf_payload_type = (
+            self._dtmf_payload_type if dtmf_payload_type == UNCHANGED else dtmf_payload_type
+        )
+        _check_payload_types(new_payload_type, new_dtmf_payload_type)
         self._remote = remote
+        self._sdp_source = _comparable(remote)
         self._direction = direction
         self._latched = None
-        self._candidate = None
-        self._candidate_packets = 0
+        self._forget_candidate()
+        if new_payload_type != self._payload_type:
+            self._payload_type = new_payload_type
+            self._retire_jitter_buffer()
+        if new_dtmf_payload_type != self._dtmf_payload_type:
+            self._dtmf_payload_type = new_dtmf_payload_type
+            # a digit already reported under the old PT must not be swallowed as a repeat
+            self._dtmf_receiver = DtmfReceiver()
+            if new_dtmf_payload_type is None:
+                self._dtmf_steps.clear()  # nothing to send them with any more
 
     def statistics(self) -> RtpStatistics:
         jitter = self._jitter.statistics()
+        if self._retired_jitter is not None:
+            jitter = _add_jitter_statistics(self._retired_jitter, jitter)
         return RtpStatistics(
             packets_in=self._packets_in,
             bytes_in=self._bytes_in,
@@ -390,15 +439,15 @@ class RtpSession:
 
     def _accept_source(self, source: tuple[str, int], now: float) -> bool:
         """Latching (RFC 4961): see the table in the module docstring."""
-        if self._latched is None:
-            self._latched = source
-            self._latch_window_ends = now + self._latch_window_s
+        latched = self._latched
+        if source == latched:
+            self._forget_candidate()
             return True
-        if source == self._latched:
-            self._candidate = None
-            self._candidate_packets = 0
+        if source == self._sdp_source:
+            # what the peer's own signalling named: no proof needed, at any time
+            self._latch(source, now)
             return True
-        if now >= self._latch_window_ends:
+        if latched is not None and now >= self._latch_window_ends:
             return False
         if source == self._candidate:
             self._candidate_packets += 1
@@ -406,11 +455,39 @@ class RtpSession:
             self._candidate = source
             self._candidate_packets = 1
         if self._candidate_packets < LATCH_CONFIRM_PACKETS:
+            # Dropped, not buffered: an injected packet must never reach the model. A NATed peer
+            # loses its first LATCH_CONFIRM_PACKETS - 1 packets (40 ms) to this.
             return False
+        self._latch(source, now)
+        return True
+
+    def _latch(self, source: tuple[str, int], now: float) -> None:
+        if self._latched is None:
+            self._latch_window_ends = now + self._latch_window_s
         self._latched = source
+        self._forget_candidate()
+
+    def _forget_candidate(self) -> None:
         self._candidate = None
         self._candidate_packets = 0
-        return True
+
+    def _new_jitter_buffer(self) -> JitterBuffer:
+        return JitterBuffer(
+            depth_frames=self._jitter_depth_frames, silence_byte=self._silence_frame[0]
+        )
+
+    def _retire_jitter_buffer(self) -> None:
+        """Start a new jitter buffer for the new audio PT; what the old one holds comes out
+        first (its holes given up at once), and its counters live on in statistics()."""
+        old = self._jitter
+        for payload in old.pop_ready(math.inf):
+            if payload:
+                self._events.append(CallerAudio(payload))
+        retired = old.statistics()
+        if self._retired_jitter is not None:
+            retired = _add_jitter_statistics(self._retired_jitter, retired)
+        self._retired_jitter = attrs.evolve(retired, buffered=0)
+        self._jitter = self._new_jitter_buffer()
 
     def _emit_caller_audio(self, now: float) -> None:
         events = self._events
@@ -442,3 +519,32 @@ class RtpSession:
         self._packets_out += 1
         second = _MARKER | payload_type if marker else payload_type
         return _HEADER.pack(_FIRST_BYTE, second, sequence, timestamp, self._ssrc) + payload
+
+
+def _check_payload_types(payload_type: int, dtmf_payload_type: int | None) -> None:
+    for value in (payload_type, dtmf_payload_type):
+        if value is not None and not 0 <= value <= MAX_PAYLOAD_TYPE:
+            raise ValueError(f"payload type {value} is not 0..{MAX_PAYLOAD_TYPE}")
+    if dtmf_payload_type == payload_type:
+        raise ValueError("audio and telephone-event need different payload types")
+
+
+def _comparable(address: tuple[str, int] | None) -> tuple[str, int] | None:
+    """`address` with its host in the form recvfrom() reports, so a packet's source can be
+    compared with it as is (an SDP may write an IPv6 address in capitals or uncompressed)."""
+    if address is None:
+        return None
+    host, port = address
+    try:
+        return (str(ipaddress.ip_address(host)), port)
+    except ValueError:
+        return address
+
+
+def _add_jitter_statistics(first: JitterStatistics, second: JitterStatistics) -> JitterStatistics:
+    totals = {
+        field.name: getattr(first, field.name) + getattr(second, field.name)
+        for field in attrs.fields(JitterStatistics)
+    }
+    totals["buffered"] = second.buffered
+    return JitterStatistics(**totals)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from bridge.call.events import Codec
+from bridge.proto.rtp.packet import MAX_PAYLOAD_TYPE
 
 
 class SdpError(ValueError):
@@ -284,7 +285,13 @@ def _codec_of(payload_type: int, media: MediaDescription) -> Codec | None:
 
 
 def _payload_types(media: MediaDescription) -> list[int]:
-    return [int(f) for f in media.formats if f.isdigit() and f.isascii() and len(f) <= 3]
+    """The formats of an RTP m-line that can be RTP payload types: 0..127 (the header's PT
+    field has 7 bits, RFC 3550 §5.1); anything else could never be sent, so it is not offered."""
+    return [
+        int(f)
+        for f in media.formats
+        if f.isdigit() and f.isascii() and len(f) <= 3 and int(f) <= MAX_PAYLOAD_TYPE
+    ]
 
 
 def _dtmf_payload_type(media: MediaDescription) -> int | None:
@@ -299,8 +306,9 @@ def negotiate(offer: SessionDescription, preference: Sequence[Codec]) -> Negotia
     """Pick the first codec of `preference` that the offer's first usable RTP/AVP (or RTP/AVPF)
     audio m-line lists (static PT 0/8 count even without rtpmap; dynamic PTs via rtpmap name
     PCMU/PCMA at 8000). The offer's PT for it is used, as is its telephone-event/8000 PT.
-    SRTP-only (RTP/SAVP, RTP/SAVPF, UDP/TLS/RTP/SAVPF), no common codec or no audio ->
-    OfferRejected(488).
+    Formats outside 0..127 are not RTP payload types and are ignored: a telephone-event only
+    there means no DTMF, a codec only there is no common codec. SRTP-only (RTP/SAVP,
+    RTP/SAVPF, UDP/TLS/RTP/SAVPF), no common codec or no audio -> OfferRejected(488).
 
     An audio m-line with port 0 is a stream the offerer disabled and is passed over; one without
     a common codec is passed over too, so a later audio m-line can still be chosen.

@@ -47,7 +47,7 @@ ACCEPTED    INVITE retransmission -> resend the 2xx                             
 ACCEPTED    2xx timer and no ACK yet -> resend the 2xx; interval doubles up to T2        ACCEPTED
 ACCEPTED    ACK (matched by dialog and CSeq number, not branch) -> stop the 2xx timer    ACCEPTED
 ACCEPTED    Timer L after the ACK came -> forget the transaction                         (gone)
-ACCEPTED    Timer L without ACK -> BYE, CallTerminated(ACK_TIMEOUT)                      (gone)
+ACCEPTED    Timer L without ACK -> BYE; CallTerminated(ACK_TIMEOUT) unless hung up       (gone)
 COMPLETED   INVITE retransmission or Timer G -> resend the final; G doubles up to T2     COMPLETED
 COMPLETED   ACK (same branch as the INVITE) -> Timer I: T4 on UDP, 0 on TCP              CONFIRMED
 COMPLETED   Timer H (the ACK never came) -> forget the transaction                       (gone)
@@ -91,15 +91,27 @@ EARLY        answer() -> 200 OK + SDP answer                                    
 EARLY        reject(), hang_up() -> the final (hang_up: 480)                            (gone)
 EARLY        CANCEL -> 200 to it, 487 to the INVITE, CallTerminated(CANCEL)             (gone)
 EARLY        BYE (a caller may end an early dialog, §15) -> 200, 487, CallTerminated    (gone)
-ACCEPTED     ACK of the 200 -> CallConfirmed                                             ONFIRMED
+ACCEPTED     ACK of the 200 -> CallConfirmed                                            CONFIRMED
 ACC, CONF    BYE -> 200, CallTerminated(BYE)                                            (gone)
-ACC, CONF    hang_up() -> BYE                                                           TERMINATING
+ACC, CONF    hang_up(), every 2xx acknowledged -> BYE                                   TERMINATING
+ACC, CONF    hang_up() while a 2xx awaits its ACK -> `bye_pending`; the 2xx goes on     TERMINATING
 ACC, CONF    no ACK for a 2xx within 64*T1 -> BYE, CallTerminated(ACK_TIMEOUT)          TERMINATING
 ACC, CONF    re-INVITE, UPDATE -> answer keeping the codec (MediaUpdated), or 488       (same)
 ACC, CONF    INFO -> 200 (InfoDtmf); NOTIFY, OPTIONS -> 200                             (same)
 TERMINATING  BYE, INFO, NOTIFY, OPTIONS -> 200, no event; re-INVITE, UPDATE -> 481      TERMINATING
+TERMINATING  `bye_pending`: the last awaited ACK (no event, its SDP ignored) -> BYE     TERMINATING
+TERMINATING  `bye_pending`: no ACK for a 2xx within 64*T1 -> BYE, no event              TERMINATING
+TERMINATING  `bye_pending`: BYE from the peer -> 200, no event, no BYE of ours          (gone)
 TERMINATING  our BYE's transaction ends (a final and Timer K, or Timer F)               (gone)
 ===========  =========================================================================  ===========
+
+RFC 3261 §15: the callee "MUST NOT send a BYE on a confirmed dialog until it has received an
+ACK for its 2xx response or until the server transaction times out" (over UDP a BYE can overtake
+the 2xx and reach a caller that has no dialog to match it with yet). So a hang_up() while a 2xx
+(the answer's, or a re-INVITE's) still waits for its ACK only marks the dialog
+`bye_pending`: the 2xx is still resent on its schedule, and the BYE goes when the last awaited
+ACK arrives, or at once when a 2xx times out without one. The leg asked for the end, so it gets no
+event for it, not even CallTerminated(ACK_TIMEOUT).
 
 New INVITEs are checked in this order, each failure a final response after the 100 Trying (and
 counted in `calls_rejected`): not `accepting` -> 503 + Retry-After; a Require option tag -> 420 +
@@ -493,6 +505,7 @@ class _Dialog:
     local_cseq: int = 0
     awaiting_ack: dict[int, _InviteTransaction] = attrs.Factory(dict)
     bye: _ClientTransaction | None = None
+    bye_pending: bool = False  # hang_up() came while a 2xx awaited its ACK (§15)
 
     @property
     def transport(self) -> Transport:
@@ -662,13 +675,21 @@ class SipUserAgent:
         self._complete_invite(dialog.invite, status, now, extra=extra)
 
     def hang_up(self, call: str, now: float) -> None:
-        """End the call: BYE once answered, 480 before. Idempotent; an unknown call is a no-op."""
+        """End the call: BYE once answered, 480 before. Idempotent; an unknown call is a no-op.
+
+        While a 2xx awaits its ACK the BYE waits for it (or for its timeout, RFC 3261 §15); the
+        call raises no event either way."""
         dialog = self._calls.get(call)
         if dialog is None:
             return
         if dialog.state is _DialogState.EARLY:
             self.reject(call, 480, now)
-        elif dialog.state is not _DialogState.TERMINATING:
+        elif dialog.state is _DialogState.TERMINATING:
+            return
+        elif dialog.awaiting_ack:
+            dialog.state = _DialogState.TERMINATING
+            dialog.bye_pending = True
+        else:
             self._send_bye(dialog, now)
 
     # ---- dispatch ------------------------------------------------------------------------------
@@ -905,6 +926,10 @@ class SipUserAgent:
             self._respond(request, 200, now)
             if not terminating:
                 self._peer_hung_up(dialog, now)
+            elif dialog.bye_pending:
+                # both sides hung up; ours never went out, and now it need not
+                dialog.bye_pending = False
+                self._forget_dialog(dialog)
         elif method == "INFO":
             self._respond(request, 200, now)
             digit = _dtmf_digit(request.headers.get("Content-Type"), request.message.body)
@@ -1035,6 +1060,11 @@ class SipUserAgent:
         acked.acked = True
         self._cancel(acked.retransmit_timer)
         acked.retransmit_timer = None
+        if dialog.bye_pending:
+            # the leg has hung up: no event, and the answer in the ACK no longer matters
+            if not dialog.awaiting_ack:
+                self._send_bye(dialog, now)
+            return
         if acked.initial and dialog.state is _DialogState.ACCEPTED:
             dialog.state = _DialogState.CONFIRMED
             self._events.append(CallConfirmed(dialog.call))
@@ -1162,6 +1192,9 @@ class SipUserAgent:
         if dialog.awaiting_ack.pop(transaction.request.cseq.number, None) is None:
             return  # the dialog ended meanwhile (BYE either way clears awaiting_ack)
         # §13.3.1.4: no ACK within 64*T1 -> the session is over; end it with a BYE
+        if dialog.bye_pending:
+            self._send_bye(dialog, now)  # §15: the timeout frees the BYE the leg asked for
+            return
         seconds = 64 * self.settings.t1
         self._events.append(
             CallTerminated(
@@ -1246,6 +1279,7 @@ class SipUserAgent:
         """§15.1.1 and protocols.md §5.5: From/To swapped, our CSeq, the route set as Route."""
         self._stop_2xx_retransmissions(dialog)
         dialog.state = _DialogState.TERMINATING
+        dialog.bye_pending = False
         dialog.local_cseq += 1
         branch = MAGIC_COOKIE + self._token()
         transport = dialog.transport.value

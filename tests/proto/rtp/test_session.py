@@ -9,7 +9,7 @@ import pytest
 from bridge.call.events import AudioPlayed, CallerAudio, CallerDtmf, Codec
 from bridge.proto.rtp.dtmf import DtmfReceiver, TelephoneEvent
 from bridge.proto.rtp.packet import RtpPacket
-from bridge.proto.rtp.session import RtpSession, RtpStatistics
+from bridge.proto.rtp.session import UNCHANGED, RtpSession, RtpStatistics
 from bridge.proto.sip.sdp import Direction
 
 REMOTE = ("192.0.2.10", 40000)
@@ -302,44 +302,102 @@ def test_nothing_is_sent_without_a_destination_until_the_peer_latches() -> None:
     session = new_session(remote=None)
     assert session.tick(0.0) is None
     assert session.statistics().packets_out == 0
-    session.receive_datagram(audio_datagram(1, ULAW_SILENCE), NAT, 0.01)
-    assert session.destination == NAT
-    packet = ticks(session, 1, TICK)[0]
+    for n in range(3):
+        session.receive_datagram(audio_datagram(1 + n, ULAW_SILENCE), NAT, 0.01 + n * TICK)
+        assert session.destination == (NAT if n == 2 else None)
+    packet = ticks(session, 1, 0.06)[0]
     assert packet.marker
 
 
 # ---- latching ------------------------------------------------------------------------------------
 
 
-def test_first_source_wins() -> None:
+def test_the_sdp_address_latches_at_once() -> None:
     session = new_session()
     assert session.destination == REMOTE  # the SDP address until the peer sends
+    session.receive_datagram(audio_datagram(1, frame(9, 1)), REMOTE, 0.0)
+    assert session.destination == REMOTE
+    assert events(session) == [CallerAudio(frame(9, 1))]
+    assert session.statistics().wrong_source == 0
+
+
+def test_another_source_latches_on_its_third_consecutive_packet() -> None:
+    # a NATed peer: its SDP names an address we never hear from
+    session = new_session()
     session.receive_datagram(audio_datagram(1, frame(9, 1)), NAT, 0.0)
+    session.receive_datagram(audio_datagram(2, frame(9, 2)), NAT, 0.02)
+    assert session.destination == REMOTE
+    assert session.last_received_at is None
+    session.receive_datagram(audio_datagram(3, frame(9, 3)), NAT, 0.04)
     assert session.destination == NAT
-    session.receive_datagram(audio_datagram(2, frame(9, 2)), OTHER, 0.1)
-    session.receive_datagram(audio_datagram(3, frame(9, 3)), NAT, 0.12)
-    session.receive_datagram(audio_datagram(4, frame(9, 4)), OTHER, 0.14)
+    # the first two packets are gone; the stream starts at the third, nothing is concealed
+    session.tick(0.2)
+    assert [e for e in events(session) if isinstance(e, CallerAudio)] == [CallerAudio(frame(9, 3))]
+    session.receive_datagram(audio_datagram(4, frame(9, 4)), OTHER, 0.1)
+    session.receive_datagram(audio_datagram(5, frame(9, 5)), NAT, 0.12)
+    session.receive_datagram(audio_datagram(6, frame(9, 6)), OTHER, 0.14)
     assert session.destination == NAT
-    assert session.statistics().wrong_source == 2
+    stats = session.statistics()
+    assert (stats.wrong_source, stats.packets_in, stats.jitter.lost) == (4, 2, 0)
     assert session.last_received_at == 0.12
 
 
-def test_relatch_within_the_window_after_two_consecutive_packets() -> None:
+def test_injected_packets_between_the_peers_packets_never_latch() -> None:
     session = new_session(latch_window_s=2.0)
     session.receive_datagram(audio_datagram(1, frame(9, 1)), REMOTE, 0.0)
-    session.receive_datagram(audio_datagram(2, frame(9, 2)), NAT, 1.0)
+    for n in range(20):  # an attacker sends two packets between each of the peer's
+        at = 0.02 + n * TICK
+        session.receive_datagram(audio_datagram(900 + 2 * n, frame(6, 0)), OTHER, at)
+        session.receive_datagram(audio_datagram(901 + 2 * n, frame(6, 1)), OTHER, at + 0.001)
+        session.receive_datagram(audio_datagram(2 + n, frame(9, 2 + n)), REMOTE, at + 0.002)
     assert session.destination == REMOTE
-    session.receive_datagram(audio_datagram(3, frame(9, 3)), NAT, 1.02)
+    caller_audio = [e for e in events(session) if isinstance(e, CallerAudio)]
+    assert caller_audio == [CallerAudio(frame(9, n)) for n in range(1, 22)]
+    assert session.statistics().wrong_source == 40
+
+
+def test_an_injected_source_that_got_in_first_loses_to_the_sdp_address() -> None:
+    session = new_session()
+    for n in range(3):
+        session.receive_datagram(audio_datagram(500 + n, frame(6, n)), OTHER, n * TICK)
+    assert session.destination == OTHER  # three packets before the peer: the probation's limit
+    session.receive_datagram(audio_datagram(1, frame(9, 1)), REMOTE, 0.06)
+    assert session.destination == REMOTE
+    # even after the window, the SDP address wins whenever it sends
+    session.receive_datagram(audio_datagram(503, frame(6, 3)), OTHER, 0.07)
+    session.receive_datagram(audio_datagram(504, frame(6, 4)), OTHER, 0.08)
+    session.receive_datagram(audio_datagram(505, frame(6, 5)), OTHER, 0.09)
+    assert session.destination == OTHER  # within the window: three consecutive packets
+    session.receive_datagram(audio_datagram(2, frame(9, 2)), REMOTE, 5.0)
+    assert session.destination == REMOTE
+    for n in range(3):
+        session.receive_datagram(audio_datagram(506 + n, frame(6, 6)), OTHER, 5.02 + n * TICK)
+    assert session.destination == REMOTE
+
+
+def test_relatch_within_the_window_after_three_consecutive_packets() -> None:
+    session = new_session(latch_window_s=2.0)
+    for n in range(3):
+        session.receive_datagram(audio_datagram(1 + n, frame(9, 1 + n)), NAT, n * TICK)
     assert session.destination == NAT
-    session.receive_datagram(audio_datagram(4, frame(9, 4)), REMOTE, 1.04)
+    # the NAT gave the peer a new port; the stream (SSRC, sequence numbers) goes on
+    moved = (NAT[0], NAT[1] + 2)
+    session.receive_datagram(audio_datagram(4, frame(9, 4)), moved, 1.0)
+    session.receive_datagram(audio_datagram(5, frame(9, 5)), moved, 1.02)
     assert session.destination == NAT
-    session.tick(1.1)
-    # the packet that only made NAT a candidate was dropped: one frame concealed
+    session.receive_datagram(audio_datagram(6, frame(9, 6)), moved, 1.04)
+    assert session.destination == moved
+    session.receive_datagram(audio_datagram(7, frame(9, 7)), NAT, 1.05)  # late, old port
+    assert session.destination == moved
+    session.tick(1.2)
+    # the two packets that only made the new port a candidate were dropped: concealed
     assert events(session) == [
-        CallerAudio(frame(9, 1)),
-        CallerAudio(ULAW_SILENCE),
         CallerAudio(frame(9, 3)),
+        CallerAudio(ULAW_SILENCE),
+        CallerAudio(ULAW_SILENCE),
+        CallerAudio(frame(9, 6)),
     ]
+    assert session.statistics().wrong_source == 5
 
 
 def test_other_sources_are_ignored_after_the_window() -> None:
@@ -352,19 +410,149 @@ def test_other_sources_are_ignored_after_the_window() -> None:
     assert session.last_received_at == 0.0
 
 
+def test_without_an_sdp_address_three_consecutive_packets_latch() -> None:
+    session = new_session(remote=None, latch_window_s=2.0)
+    session.receive_datagram(audio_datagram(1, frame(9, 1)), NAT, 0.0)
+    session.receive_datagram(audio_datagram(500, frame(6, 0)), OTHER, 0.01)
+    session.receive_datagram(audio_datagram(501, frame(6, 1)), OTHER, 0.015)
+    session.receive_datagram(audio_datagram(2, frame(9, 2)), NAT, 0.02)
+    session.receive_datagram(audio_datagram(3, frame(9, 3)), NAT, 0.04)
+    unlatched = session.destination
+    assert unlatched is None
+    assert session.tick(0.04) is None
+    session.receive_datagram(audio_datagram(4, frame(9, 4)), NAT, 0.06)
+    assert session.destination == NAT
+    assert events(session) == [CallerAudio(frame(9, 4))]
+    # the window opened at that latch; once it is over nobody else gets in
+    for n in range(3):
+        session.receive_datagram(audio_datagram(502 + n, frame(6, 2)), OTHER, 2.06 + n * TICK)
+    assert session.destination == NAT
+    assert session.statistics().wrong_source == 8
+
+
+def test_the_sdp_address_is_recognised_in_another_spelling() -> None:
+    session = new_session(remote=("2001:DB8:0:0::10", 4000))
+    session.receive_datagram(audio_datagram(1, frame(9, 1)), ("2001:db8::10", 4000), 0.0)
+    assert session.destination == ("2001:db8::10", 4000)
+    assert events(session) == [CallerAudio(frame(9, 1))]
+
+
+def test_the_sdp_host_on_another_port_must_prove_itself() -> None:
+    session = new_session()
+    other_port = (REMOTE[0], REMOTE[1] + 1)
+    session.receive_datagram(audio_datagram(1, frame(9, 1)), other_port, 0.0)
+    assert session.destination == REMOTE
+    assert session.statistics().wrong_source == 1
+
+
 def test_update_remote_reopens_latching() -> None:
     session = new_session(latch_window_s=2.0)
     session.receive_datagram(audio_datagram(1, frame(9, 1)), REMOTE, 0.0)
     new_sdp = ("192.0.2.20", 30000)
     session.update_remote(new_sdp, Direction.SENDRECV, 10.0)
     assert session.destination == new_sdp
-    session.receive_datagram(audio_datagram(2, frame(9, 2)), OTHER, 10.1)
-    assert session.destination == OTHER
-    session.receive_datagram(audio_datagram(3, frame(9, 3)), new_sdp, 10.2)
-    session.receive_datagram(audio_datagram(4, frame(9, 4)), new_sdp, 10.22)
+    for n in range(3):
+        session.receive_datagram(audio_datagram(2 + n, frame(9, 2)), OTHER, 10.1 + n * TICK)
+    assert session.destination == OTHER  # a new window, opened by this latch
+    session.receive_datagram(audio_datagram(5, frame(9, 5)), new_sdp, 10.2)
     assert session.destination == new_sdp
-    session.receive_datagram(audio_datagram(5, frame(9, 5)), OTHER, 13.0)
+    for n in range(3):
+        session.receive_datagram(audio_datagram(6 + n, frame(9, 6)), OTHER, 13.0 + n * TICK)
     assert session.destination == new_sdp
+    # the old SDP address is just another source now
+    session.receive_datagram(audio_datagram(9, frame(9, 9)), REMOTE, 13.1)
+    assert session.destination == new_sdp
+
+
+# ---- payload types after a re-INVITE -----------------------------------------------------------
+
+
+def test_update_remote_keeps_the_payload_types_by_default() -> None:
+    session = new_session()
+    session.send_dtmf("1")
+    session.update_remote(REMOTE, Direction.SENDRECV, 0.0)
+    first, second = ticks(session, 2)
+    assert (first.payload_type, second.payload_type) == (DTMF_PT, DTMF_PT)
+    session.receive_datagram(audio_datagram(1, frame(7, 1)), REMOTE, 0.1)
+    assert events(session)[-1] == CallerAudio(frame(7, 1))
+
+
+def test_a_new_audio_payload_type_resets_the_jitter_buffer() -> None:
+    session = new_session()
+    session.receive_datagram(audio_datagram(1, frame(7, 1)), REMOTE, 0.0)
+    session.receive_datagram(audio_datagram(3, frame(7, 3)), REMOTE, 0.04)  # 2 is missing
+    assert events(session) == [CallerAudio(frame(7, 1))]
+    session.update_remote(REMOTE, Direction.SENDRECV, 0.05, payload_type=112)
+    # what the old buffer held comes out at once, its hole filled
+    assert events(session) == [CallerAudio(ULAW_SILENCE), CallerAudio(frame(7, 3))]
+    (packet,) = ticks(session, 1, 0.06)
+    assert (packet.payload_type, packet.payload) == (112, ULAW_SILENCE)
+    # the new PT is the audio now, starting a sequence of its own; the old one is unknown
+    session.receive_datagram(audio_datagram(200, frame(7, 200), pt=112), REMOTE, 0.08)
+    session.receive_datagram(audio_datagram(4, frame(7, 4)), REMOTE, 0.09)
+    session.receive_datagram(audio_datagram(201, frame(7, 201), pt=112), REMOTE, 0.1)
+    caller_audio = [e for e in events(session) if isinstance(e, CallerAudio)]
+    assert caller_audio == [CallerAudio(frame(7, 200)), CallerAudio(frame(7, 201))]
+    stats = session.statistics()
+    assert stats.unknown_payload_type == 1
+    # the counters add up over both buffers
+    jitter = stats.jitter
+    assert (jitter.received, jitter.released, jitter.lost, jitter.buffered) == (4, 4, 1, 0)
+
+
+def test_a_new_telephone_event_payload_type_resets_the_dtmf_receiver() -> None:
+    session = new_session()
+    for datagram in sipp_dtmf(5):
+        session.receive_datagram(datagram, REMOTE, 0.0)
+    assert events(session) == [CallerDtmf("5")]
+    session.update_remote(REMOTE, Direction.SENDRECV, 0.5, dtmf_payload_type=100)
+    # the same event (SSRC, timestamp) under the new PT is a new digit, not a repeat
+    for datagram in sipp_dtmf(5, pt=100):
+        session.receive_datagram(datagram, REMOTE, 0.6)
+    for datagram in sipp_dtmf(7, timestamp=99999):  # the old PT means nothing now
+        session.receive_datagram(datagram, REMOTE, 0.7)
+    assert events(session) == [CallerDtmf("5")]
+    assert session.statistics().unknown_payload_type == 13
+    session.send_dtmf("1")
+    (packet,) = ticks(session, 1, 0.8)
+    assert (packet.payload_type, packet.marker) == (100, True)
+
+
+def test_no_telephone_event_any_more_drops_queued_digits() -> None:
+    session = new_session()
+    session.send_dtmf("123")
+    ticks(session, 2)
+    session.update_remote(REMOTE, Direction.SENDRECV, 0.05, dtmf_payload_type=None)
+    packets = ticks(session, 3, 0.06)
+    assert [(p.payload_type, p.payload) for p in packets] == [(0, ULAW_SILENCE)] * 3
+    with pytest.raises(ValueError, match="telephone-event"):
+        session.send_dtmf("4")
+    for datagram in sipp_dtmf(5):
+        session.receive_datagram(datagram, REMOTE, 0.2)
+    assert [e for e in events(session) if isinstance(e, CallerDtmf)] == []
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "dtmf_payload_type"),
+    [(128, UNCHANGED), (None, 128), (DTMF_PT, UNCHANGED), (None, 0), (8, 8), (-2, UNCHANGED)],
+)
+def test_update_remote_refuses_bad_payload_types_and_changes_nothing(
+    payload_type: int | None, dtmf_payload_type: int | None
+) -> None:
+    session = new_session()
+    with pytest.raises(ValueError, match="payload type"):
+        session.update_remote(
+            ("192.0.2.20", 30000),
+            Direction.INACTIVE,
+            0.0,
+            payload_type=payload_type,
+            dtmf_payload_type=dtmf_payload_type,
+        )
+    assert session.destination == REMOTE
+    session.send_dtmf("1")
+    assert ticks(session, 1)[0].payload_type == DTMF_PT
+    session.receive_datagram(audio_datagram(1, frame(7, 1)), REMOTE, 0.0)
+    assert events(session) == [CallerAudio(frame(7, 1))]
 
 
 # ---- inbound -------------------------------------------------------------------------------------
@@ -404,10 +592,12 @@ def test_ssrc_change_is_counted_not_lost() -> None:
     assert (stats.ssrc_changes, stats.jitter.lost) == (1, 0)
 
 
-def sipp_dtmf(digit: int, *, ssrc: int = 0x5151, timestamp: int = 24400) -> list[bytes]:
+def sipp_dtmf(
+    digit: int, *, ssrc: int = 0x5151, timestamp: int = 24400, pt: int = DTMF_PT
+) -> list[bytes]:
     updates = [
         RtpPacket(
-            DTMF_PT,
+            pt,
             1240 + n,
             timestamp,
             ssrc,
@@ -418,7 +608,7 @@ def sipp_dtmf(digit: int, *, ssrc: int = 0x5151, timestamp: int = 24400) -> list
     ]
     ends = [
         RtpPacket(
-            DTMF_PT, 1250 + n, timestamp, ssrc, TelephoneEvent(digit, True, 10, 1600).serialize()
+            pt, 1250 + n, timestamp, ssrc, TelephoneEvent(digit, True, 10, 1600).serialize()
         ).serialize()
         for n in range(3)
     ]

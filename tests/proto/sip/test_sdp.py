@@ -327,6 +327,35 @@ def test_wideband_telephone_event_is_not_ours() -> None:
     assert answer.media[0].fmtp == {}
 
 
+def test_formats_above_127_are_not_payload_types() -> None:
+    # RTP's PT field has 7 bits: an event on 200 could never be sent, so it is not negotiated
+    description = offer("m=audio 4000 RTP/AVP 0 200\na=rtpmap:200 telephone-event/8000\n")
+    negotiated = negotiate(description, BOTH)
+    assert (negotiated.payload_type, negotiated.dtmf_payload_type) == (0, None)
+    assert answer_for(description, negotiated).media[0].formats == ("0",)
+    # a valid telephone-event after an invalid one is still found
+    both = offer(
+        "m=audio 4000 RTP/AVP 0 200 101\n"
+        "a=rtpmap:200 telephone-event/8000\na=rtpmap:101 telephone-event/8000\n"
+    )
+    assert negotiate(both, BOTH).dtmf_payload_type == 101
+
+
+@pytest.mark.parametrize("payload_type", ["128", "200", "999"])
+def test_a_codec_only_above_127_is_no_common_codec(payload_type: str) -> None:
+    description = offer(f"m=audio 4000 RTP/AVP {payload_type}\na=rtpmap:{payload_type} PCMU/8000\n")
+    with pytest.raises(OfferRejected) as caught:
+        negotiate(description, BOTH)
+    assert (caught.value.status, caught.value.reason) == (488, "No common codec")
+    # and a later audio m-line can still be chosen
+    two_lines = offer(
+        f"m=audio 4000 RTP/AVP {payload_type}\na=rtpmap:{payload_type} PCMU/8000\n"
+        "m=audio 4002 RTP/AVP 127\na=rtpmap:127 PCMU/8000\n"
+    )
+    negotiated = negotiate(two_lines, BOTH)
+    assert (negotiated.audio_index, negotiated.payload_type) == (1, 127)
+
+
 def test_ptime_media_level_then_session_level() -> None:
     assert negotiate(offer("m=audio 4000 RTP/AVP 0\na=ptime:30\n"), BOTH).ptime == 30
     session_ptime = offer("m=audio 4000 RTP/AVP 0\n", session="c=IN IP4 192.0.2.1\na=ptime:40\n")

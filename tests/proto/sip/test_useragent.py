@@ -1056,7 +1056,8 @@ def test_mutated_invites_never_raise(position: int, cut: int, insert: bytes) -> 
             ua.hang_up(event.call, 1.0)
     for data_out, _ in ua.messages_to_send():
         parse_message(data_out)  # everything we send parses
-    ua.handle_timeout(100.0)
+    ua.handle_timeout(100.0)  # no ACK: the 2xx times out, which frees the BYE hang_up() asked for
+    ua.handle_timeout(200.0)  # and the BYE's own timers run out
     assert ua.statistics().dialogs == 0
 
 
@@ -1212,20 +1213,114 @@ def test_three_hundred_interleaved_calls_stay_linear() -> None:
 # ---- corners -----------------------------------------------------------------------------------
 
 
-def test_hang_up_before_the_ack_sends_bye_and_stops_the_2xx() -> None:
+def test_hang_up_before_the_ack_waits_for_it_then_sends_bye() -> None:
+    # RFC 3261 §15: no BYE on a confirmed dialog before the ACK of our 2xx (or its timeout)
     h = Harness()
     call, ok = h.answered_call()
+    h.advance(1.0)
     h.ua.hang_up(call.call, h.now)
-    ((bye, _),) = h.sent()
+    assert h.sent() == []
+    h.ua.hang_up(call.call, h.now)  # idempotent
+    # the 2xx goes on being retransmitted, and resent to INVITE retransmissions
+    assert [(when, message) for when, message, _ in h.advance(2.0)] == [(1.5, ok)]
+    assert h.responses(invite()) == [ok]
+    ((bye, peer),) = h.feed(request("ACK", branch="z9hG4bK-a", to_tag=to_tag(ok)))
     assert isinstance(bye, SipRequest)
     assert bye.method == "BYE"
-    # the ACK arriving late is absorbed; only the BYE is retransmitted
+    assert peer == Peer(Transport.UDP, "198.51.100.7", 5060)  # the Contact
+    assert CSeq.parse(bye.headers.get("CSeq") or "") == CSeq(1, "BYE")
+    assert h.events() == []  # no CallConfirmed: the leg has hung up
+    # only the BYE is retransmitted now; a late ACK retransmission is absorbed
     assert h.feed(request("ACK", branch="z9hG4bK-a", to_tag=to_tag(ok))) == []
-    sent = h.advance(2.0)
-    assert [message for _, message, _ in sent] == [bye, bye]
+    sent = h.advance(4.0)
+    assert [(when, message) for when, message, _ in sent] == [(2.5, bye), (3.5, bye)]
+    h.feed(response_to(bye))
+    h.advance(4.0 + LINGER)
+    assert h.tables_empty()
     assert h.events() == []
     with pytest.raises(LocalProtocolError):
         h.ua.answer(h.incoming_call(branch="z9hG4bK-2", call_id="x").call, media_port=0, now=h.now)
+
+
+def test_hang_up_before_an_ack_that_never_comes_sends_bye_at_the_timeout_without_an_event() -> None:
+    h = Harness()
+    call, ok = h.answered_call()
+    h.advance(10.0)
+    h.ua.hang_up(call.call, h.now)
+    sent = h.advance(32.0)
+    *retransmissions, (when, bye, peer) = sent
+    assert [when for when, _, _ in retransmissions] == [11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    assert all(message == ok for _, message, _ in retransmissions)
+    assert when == 32.0
+    assert isinstance(bye, SipRequest)
+    assert bye.method == "BYE"
+    assert peer == Peer(Transport.UDP, "198.51.100.7", 5060)
+    assert h.events() == []  # the leg asked for the end: no CallTerminated(ACK_TIMEOUT)
+    h.feed(response_to(bye))
+    h.advance(32.0 + LINGER)
+    assert h.tables_empty()
+    assert h.events() == []
+
+
+def test_hang_up_while_a_reinvite_2xx_awaits_its_ack() -> None:
+    h = Harness()
+    call, tag = h.confirmed_call()
+    (ours,) = h.responses(reinvite(tag, ""))  # no SDP: our offer in the 200, the answer in the ACK
+    assert ours.status == 200
+    h.ua.hang_up(call.call, h.now)
+    assert h.sent() == []
+    assert [message for _, message, _ in h.advance(0.5)] == [ours]
+    their_answer = offer(formats="0 101", port=32000)
+    ack = request("ACK", branch="z9hG4bK-a2", to_tag=tag, cseq=102, body=their_answer)
+    ((bye, _),) = h.feed(ack)
+    assert isinstance(bye, SipRequest)
+    assert bye.method == "BYE"
+    assert h.events() == []  # no MediaUpdated for a call that is ending
+    h.feed(response_to(bye))
+    h.advance(LINGER)
+    assert h.tables_empty()
+
+
+def test_a_pending_bye_waits_for_every_2xx_awaiting_its_ack() -> None:
+    h = Harness()
+    call, ok = h.answered_call()
+    tag = to_tag(ok)
+    (reinvited,) = h.responses(reinvite(tag, OFFER))  # before the first ACK: legal, if odd
+    assert reinvited.status == 200
+    h.ua.hang_up(call.call, h.now)
+    assert h.feed(request("ACK", branch="z9hG4bK-a", to_tag=tag)) == []
+    ((bye, _),) = h.feed(request("ACK", branch="z9hG4bK-a2", to_tag=tag, cseq=102))
+    assert isinstance(bye, SipRequest)
+    assert bye.method == "BYE"
+    assert h.events() == []
+
+
+def test_the_peer_ending_the_call_while_our_bye_is_pending() -> None:
+    h = Harness()
+    call, ok = h.answered_call()
+    tag = to_tag(ok)
+    h.ua.hang_up(call.call, h.now)
+    # a re-INVITE is refused like during our BYE; INFO gets 200 and raises no event
+    (refused,) = h.responses(reinvite(tag, OFFER))
+    assert refused.status == 481
+    info = request(
+        "INFO",
+        branch="z9hG4bK-i",
+        to_tag=tag,
+        cseq=103,
+        body="Signal=1",
+        content_type="application/dtmf-relay",
+    )
+    assert [r.status for r in h.responses(info)] == [200]
+    (bye_ok,) = h.responses(request("BYE", branch="z9hG4bK-b", to_tag=tag, cseq=104))
+    assert bye_ok.status == 200
+    assert h.events() == []
+    # no BYE of ours, and the 2xx is not retransmitted any more
+    sent = h.advance(LINGER)
+    assert [message for _, message, _ in sent if message != refused] == []
+    assert h.tables_empty()
+    h.ua.hang_up(call.call, h.now)
+    assert h.sent() == []
 
 
 def test_requests_while_our_bye_is_in_flight() -> None:
