@@ -21,7 +21,6 @@ own lateness is known) and, for reply audio, when the ``media`` message carrying
 from __future__ import annotations
 
 import base64
-import enum
 import heapq
 import random
 import time
@@ -32,6 +31,7 @@ import attrs
 import trio
 from _process import pin
 from _stamp import STAMP_BYTES, StampScanner, TimeTable, stamp
+from _turns import FRAME_S, CallPlan, Talk, Turns, speech_frames
 from _ws import (
     OP_CLOSE,
     OP_PING,
@@ -48,48 +48,27 @@ from _ws import (
 )
 
 from bridge.call.events import Codec
-from bridge.media import g711, synth
+from bridge.media import g711
 from bridge.proto.mediastream.gateway import SimulatedGateway
 
-FRAME_S = g711.FRAME_MS / 1000
-SILENCE = g711.silence(Codec.PCMU, g711.FRAME_BYTES)
-# How long a call waits for a reply before it gives up on it and talks again.
-REPLY_TIMEOUT_S = 10.0
 # How long a call waits for the daemon to close the websocket after its stop.
 CLOSE_WAIT_S = 5.0
 _PAYLOAD_FIELD = '"payload":"'
 
 
 @attrs.frozen(kw_only=True)
-class CallerSpec:
-    host: str
-    port: int
+class CallerSpec(CallPlan):
     path: str
     secret_parameter: str
     secret: str
-    calls: tuple[int, ...]
     total_calls: int
-    cores: tuple[int, ...]
     connect_at: tuple[float, ...]
-    talk_until: float
-    hard_stop: float
-    speech_ms: int
-    seed: int
-    nice: int
-
-
-class _State(enum.Enum):
-    PAUSE = "pause"
-    SPEAK = "speak"
-    WAIT_REPLY = "wait_reply"
-    STOPPED = "stopped"
 
 
 class _Call:
     def __init__(self, index: int, rng: random.Random, speech: list[bytes]) -> None:
         self.index = index
         self.rng = rng
-        self.speech = speech
         self.gateway = SimulatedGateway(
             codec=Codec.PCMU,
             stream_sid=f"MZbench{index:027d}",
@@ -103,14 +82,9 @@ class _Call:
         self.due_at = TimeTable()
         self.sent_at = TimeTable()
         self.reply_at = TimeTable()
-        self.state = _State.PAUSE
-        self.next_turn_at = 0.0
-        self.speak_position = 0
-        self.wait_since = 0.0
-        self.last_speech_frame = -1
-        self.turns = 0
-        self.replies = 0
-        self.reply_timeouts = 0
+        self.conversation = Turns(rng, speech)
+        # Set once the call sends no more frames (it hung up, or the websocket is gone).
+        self.over = False
         self.connect_started: float | None = None
         self.connected_at: float | None = None
         self.stop_at: float | None = None
@@ -131,37 +105,15 @@ class _Call:
         if gateway.playing:
             gateway.advance(now)
         echoes = gateway.messages_to_send()
-        state = self.state
-        if state is _State.WAIT_REPLY:
-            if self.reply_at.get(self.last_speech_frame) == self.reply_at.get(
-                self.last_speech_frame
-            ):  # the reply's last frame arrived (not NaN)
-                if not gateway.playing:
-                    self.replies += 1
-                    state = self._pause(now)
-            elif now - self.wait_since > REPLY_TIMEOUT_S:
-                self.reply_timeouts += 1
-                state = self._pause(now)
-        if state is _State.PAUSE and (now >= talk_until or now >= hard_stop):
+        talk = self.conversation.check_reply(now, self.reply_at, played_out=not gateway.playing)
+        if talk is Talk.PAUSE and (now >= talk_until or now >= hard_stop):
             self._hang_up(now, echoes)
             return False
-        if state is _State.WAIT_REPLY and now >= hard_stop:
+        if talk is Talk.WAIT_REPLY and now >= hard_stop:
             self._hang_up(now, echoes)
             return False
-        if state is _State.PAUSE and now >= self.next_turn_at:
-            state = self.state = _State.SPEAK
-            self.speak_position = 0
-            self.turns += 1
-        if state is _State.SPEAK:
-            audio = self.speech[self.speak_position]
-            self.speak_position += 1
-            if self.speak_position == len(self.speech):
-                self.state = _State.WAIT_REPLY
-                self.last_speech_frame = self.frame
-                self.wait_since = now
-        else:
-            audio = SILENCE
         frame = self.frame
+        audio = self.conversation.audio(now, frame)
         payload = stamp(self.index, frame) + audio[STAMP_BYTES:]
         message = gateway.media_message(payload, timestamp_ms=frame * g711.FRAME_MS)
         data = client_text(message)
@@ -176,13 +128,8 @@ class _Call:
             gateway.heard.clear()
         return True
 
-    def _pause(self, now: float) -> _State:
-        self.state = _State.PAUSE
-        self.next_turn_at = now + self.rng.uniform(0.3, 0.8)
-        return _State.PAUSE
-
     def _hang_up(self, now: float, echoes: list[str]) -> None:
-        self.state = _State.STOPPED
+        self.over = True
         data = b"".join(client_text(echo) for echo in echoes)
         self.stop_at = now
         self.send(data + client_text(self.gateway.stop_message()))
@@ -215,9 +162,9 @@ class _Call:
             "sent_at": self.sent_at.to_bytes(),
             "reply_at": self.reply_at.to_bytes(),
             "reply_duplicates": self.reply_at.duplicates,
-            "turns": self.turns,
-            "replies": self.replies,
-            "reply_timeouts": self.reply_timeouts,
+            "turns": self.conversation.turns,
+            "replies": self.conversation.replies,
+            "reply_timeouts": self.conversation.reply_timeouts,
             "ended_by": self.ended_by,
             "close_code": self.close_code,
             "error": self.error,
@@ -266,16 +213,11 @@ class _Scheduler:
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 due, index, call = heapq.heappop(heap)
-                if call.state is _State.STOPPED or call.done.is_set():
+                if call.over or call.done.is_set():
                     continue
                 call.due = due
                 if call.tick(now, spec.talk_until, spec.hard_stop):
                     heapq.heappush(heap, (due + FRAME_S, index, call))
-
-
-def _speech(speech_ms: int, seed: int) -> list[bytes]:
-    audio = synth.utterance(Codec.PCMU, duration_ms=speech_ms, seed=seed)
-    return [audio[i : i + g711.FRAME_BYTES] for i in range(0, len(audio), g711.FRAME_BYTES)]
 
 
 async def _run_call(
@@ -297,7 +239,7 @@ async def _run_call(
     gateway = call.gateway
     gateway.custom_parameters[spec.secret_parameter] = spec.secret
     call.send(b"".join(client_text(m) for m in gateway.start_messages()))
-    call.next_turn_at = call.connected_at + call.rng.uniform(0.5, 3.0)
+    call.conversation.next_turn_at = call.connected_at + call.rng.uniform(0.5, 3.0)
     scheduler.add(call, call.connected_at + call.rng.uniform(0.0, FRAME_S))
     pending = call.parser.feed(rest)
     try:
@@ -308,8 +250,7 @@ async def _run_call(
             nursery.cancel_scope.cancel()
     finally:
         call.closed_at = time.monotonic()
-        if call.state is not _State.STOPPED:
-            call.state = _State.STOPPED
+        call.over = True
         if not call.ended_by:
             call.ended_by = "daemon"
         connection.close()
@@ -360,7 +301,7 @@ async def _run(spec: CallerSpec, pipe: Pipe) -> None:
     calls: list[_Call] = []
     for index in spec.calls:
         rng = random.Random(spec.seed * 100003 + index)
-        calls.append(_Call(index, rng, _speech(spec.speech_ms, seed=index % 7)))
+        calls.append(_Call(index, rng, speech_frames(spec.speech_ms, seed=index % 7)))
     scheduler = _Scheduler(spec, clock_offset)
     finished = trio.Event()
     pipe.send(("ready", None))

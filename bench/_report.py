@@ -1,4 +1,5 @@
-"""Turning the raw measurements into figures: percentiles, CPU windows, the py-spy summary."""
+"""Turning the raw measurements into figures: percentiles, CPU windows, the measurement window,
+per-frame latency and loss, the rows of the printed table, the py-spy summary."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
+from _stamp import TimeTable
 
 
 @attrs.frozen
@@ -25,7 +28,7 @@ class Distribution:
             return cls(0, math.nan, math.nan, math.nan)
         ordered = sorted(values)
         return cls(
-            len(ordered), _nearest_rank(ordered, 0.50), _nearest_rank(ordered, 0.99), ordered[-1]
+            len(ordered), nearest_rank(ordered, 0.50), nearest_rank(ordered, 0.99), ordered[-1]
         )
 
     def ms(self) -> str:
@@ -45,7 +48,10 @@ class Distribution:
         }
 
 
-def _nearest_rank(ordered: Sequence[float], quantile: float) -> float:
+def nearest_rank(ordered: Sequence[float], quantile: float) -> float:
+    """The nearest-rank `quantile` of sorted values (NaN for none)."""
+    if not ordered:
+        return math.nan
     rank = max(1, math.ceil(quantile * len(ordered)))
     return ordered[rank - 1]
 
@@ -82,6 +88,159 @@ class CpuSeries:
             self._at(self.user, end) - self._at(self.user, start),
             self._at(self.system, end) - self._at(self.system, start),
         )
+
+
+# ---- calls and frames ------------------------------------------------------------------------
+
+
+def is_nan(value: float) -> bool:
+    return value != value
+
+
+def model_tables(
+    model_reports: list[dict[str, Any]],
+) -> tuple[dict[int, TimeTable], dict[int, TimeTable]]:
+    """Per call: when each caller frame reached the model, and when each reply frame left it."""
+    at_model: dict[int, TimeTable] = {}
+    model_sent: dict[int, TimeTable] = {}
+    for report in model_reports:
+        for call, data in report["caller_frames"].items():
+            at_model[call] = TimeTable.from_bytes(data)
+        for call, data in report["reply_frames"].items():
+            model_sent[call] = TimeTable.from_bytes(data)
+    return at_model, model_sent
+
+
+def count_by(reports: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """How many reports have each value of `key`."""
+    counts: dict[str, int] = {}
+    for report in reports:
+        counts[report[key]] = counts.get(report[key], 0) + 1
+    return counts
+
+
+@attrs.frozen
+class Window:
+    """The measurement window: from the moment the last call was up (its first frame reached the
+    model) to the moment the last call stopped."""
+
+    up_at: dict[int, float]
+    came_up: list[dict[str, Any]]
+    start: float
+    end: float
+    call_seconds: float
+
+    @classmethod
+    def of(cls, calls: list[dict[str, Any]], at_model: dict[int, TimeTable]) -> Window:
+        up_at: dict[int, float] = {}
+        for report in calls:
+            table = at_model.get(report["index"])
+            if table is not None:
+                seen = [t for t in table.times if not is_nan(t)]
+                if seen:
+                    up_at[report["index"]] = min(seen)
+        came_up = [r for r in calls if r["index"] in up_at]
+        start = max(up_at.values()) if up_at else math.nan
+        stops = [
+            r["stop_at"] or r["closed_at"] for r in came_up if (r["stop_at"] or r["closed_at"])
+        ]
+        end = max(stops) if stops else math.nan
+        call_seconds = sum(max(0.0, stop - start) for stop in stops)
+        return cls(up_at, came_up, start, end, call_seconds)
+
+    def holds(self, at: float) -> bool:
+        return self.start <= at <= self.end
+
+    def figures(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "calls_up": len(self.came_up),
+            "calls_failed": [
+                {"index": r["index"], "error": r["error"], "ended_by": r["ended_by"]}
+                for r in calls
+                if r["index"] not in self.up_at
+            ][:10],
+            "ended_by": count_by(calls, "ended_by"),
+            "window_s": self.end - self.start,
+            "call_seconds": self.call_seconds,
+        }
+
+
+class FrameAccount:
+    """Latency and loss of the stamped frames both ways, summed over the calls."""
+
+    def __init__(self, window: Window) -> None:
+        self.window = window
+        self.lat_in: list[float] = []
+        self.lat_out: list[float] = []
+        self.lat_first: list[float] = []
+        self.lateness: list[float] = []
+        self.frames_in = self.lost_in = self.tail_in = self.delivered_in_window = 0
+        self.lost_in_examples: list[tuple[int, int, int]] = []
+        self.frames_out = self.lost_out = self.unexpected_out = 0
+
+    def caller_frames(self, report: dict[str, Any], arrived: TimeTable, complete: int) -> None:
+        """One call's frames to the model; the frames from `complete` on may be lost by design
+        (the daemon sends whole batches: a partial batch at hang-up is dropped)."""
+        in_window = self.window.holds
+        sent = TimeTable.from_bytes(report["sent_at"])
+        due = TimeTable.from_bytes(report["due_at"])
+        count = report["frames_sent"]
+        for frame in range(count):
+            sent_at = sent.get(frame)
+            sent_in_window = in_window(sent_at)
+            if sent_in_window:
+                self.lateness.append(sent_at - due.get(frame))
+            model_at = arrived.get(frame)
+            if not is_nan(model_at):
+                self.frames_in += 1
+                if in_window(model_at):
+                    self.delivered_in_window += 1
+                if sent_in_window:
+                    self.lat_in.append(model_at - sent_at)
+            elif frame < complete:
+                self.frames_in += 1
+                self.lost_in += 1
+                if len(self.lost_in_examples) < 20:
+                    self.lost_in_examples.append((report["index"], frame, count))
+            else:
+                self.tail_in += 1
+
+    def reply_frames(self, report: dict[str, Any], replies: TimeTable) -> None:
+        """One call's reply frames from the model."""
+        heard = TimeTable.from_bytes(report["reply_at"])
+        for frame, left_at in enumerate(replies.times):
+            if is_nan(left_at):
+                continue
+            self.frames_out += 1
+            heard_at = heard.get(frame)
+            if is_nan(heard_at):
+                self.lost_out += 1
+                continue
+            if self.window.holds(left_at):
+                self.lat_out.append(heard_at - left_at)
+                if frame == 0 or is_nan(replies.get(frame - 1)):
+                    self.lat_first.append(heard_at - left_at)
+        self.unexpected_out += sum(
+            1 for f, t in enumerate(heard.times) if not is_nan(t) and is_nan(replies.get(f))
+        )
+
+    def latency_figures(self) -> dict[str, Any]:
+        return {
+            "caller_to_model": Distribution.of(self.lat_in),
+            "model_to_caller": Distribution.of(self.lat_out),
+            "model_to_caller_first": Distribution.of(self.lat_first),
+            "harness_lateness": Distribution.of(self.lateness),
+        }
+
+    def caller_frame_figures(self) -> dict[str, Any]:
+        return {"frames_in": self.frames_in, "lost_in": self.lost_in, "tail_in": self.tail_in}
+
+    def reply_frame_figures(self) -> dict[str, Any]:
+        return {
+            "frames_out": self.frames_out,
+            "lost_out": self.lost_out,
+            "unexpected_out": self.unexpected_out,
+        }
 
 
 # ---- py-spy ---------------------------------------------------------------------------------

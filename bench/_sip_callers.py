@@ -45,16 +45,12 @@ from typing import Any
 import attrs
 from _process import pin
 from _stamp import STAMP_BYTES, StampScanner, TimeTable, stamp
+from _turns import FRAME_S, CallPlan, Talk, Turns, speech_frames
 
-from bridge.call.events import Codec
-from bridge.media import g711, synth
+from bridge.media import g711
 
-FRAME_S = g711.FRAME_MS / 1000
-SILENCE = g711.silence(Codec.PCMU, g711.FRAME_BYTES)
 PCMU = 0
 TELEPHONE_EVENT = 101
-# How long a call waits for a reply before it gives up on it and talks again.
-REPLY_TIMEOUT_S = 10.0
 # After its last frame a call keeps listening this long before its BYE, so every frame it sent
 # has had time to reach the model (the daemon reads RTP once per 20 ms tick).
 DRAIN_S = 0.5
@@ -87,18 +83,9 @@ _TAG = re.compile(r";\s*tag=([^;>\s]+)", re.IGNORECASE)
 
 
 @attrs.frozen(kw_only=True)
-class SipCallerSpec:
-    host: str
-    port: int
+class SipCallerSpec(CallPlan):
     user: str
-    calls: tuple[int, ...]
-    cores: tuple[int, ...]
     invite_at: tuple[float, ...]
-    talk_until: float
-    hard_stop: float
-    speech_ms: int
-    seed: int
-    nice: int
 
 
 class _Phase(enum.Enum):
@@ -109,12 +96,6 @@ class _Phase(enum.Enum):
     DRAINING = "draining"  # RTP stopped, BYE due after DRAIN_S
     BYE_SENT = "bye_sent"
     DONE = "done"
-
-
-class _Talk(enum.Enum):
-    PAUSE = "pause"
-    SPEAK = "speak"
-    WAIT_REPLY = "wait_reply"
 
 
 @attrs.define
@@ -293,10 +274,8 @@ class _Call:
         self.spec = spec
         self.loop = loop
         self.rng = rng
-        self.speech = speech
         self.clock_offset = clock_offset
         self.phase = _Phase.WAITING
-        self.talk = _Talk.PAUSE
         self.daemon = (spec.host, spec.port)
 
         self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -352,14 +331,7 @@ class _Call:
         self.rx_wrong_source = 0
         self.rx_before_answer = 0
 
-        # turns
-        self.next_turn_at = 0.0
-        self.speak_position = 0
-        self.wait_since = 0.0
-        self.last_speech_frame = -1
-        self.turns = 0
-        self.replies = 0
-        self.reply_timeouts = 0
+        self.conversation = Turns(rng, speech)
 
         # SIP outcome
         self.invite_at: float | None = None
@@ -517,7 +489,7 @@ class _Call:
         self.answer_formats = formats
         self.media_to = (host, port)
         self.phase = _Phase.ANSWERED
-        self.next_turn_at = now + self.rng.uniform(0.5, 3.0)
+        self.conversation.next_turn_at = now + self.rng.uniform(0.5, 3.0)
         self.due = now + self.rng.uniform(0.0, FRAME_S)
         self.loop.call_at(self.due, self.tick)
 
@@ -630,33 +602,12 @@ class _Call:
         if self.phase is not _Phase.ANSWERED:
             return
         spec = self.spec
-        talk = self.talk
-        if talk is _Talk.WAIT_REPLY:
-            if self.reply_at.get(self.last_speech_frame) == self.reply_at.get(
-                self.last_speech_frame
-            ):  # the reply's last frame arrived (not NaN)
-                self.replies += 1
-                talk = self._pause(now)
-            elif now - self.wait_since > REPLY_TIMEOUT_S:
-                self.reply_timeouts += 1
-                talk = self._pause(now)
-        if (talk is _Talk.PAUSE and now >= spec.talk_until) or now >= spec.hard_stop:
+        talk = self.conversation.check_reply(now, self.reply_at)
+        if (talk is Talk.PAUSE and now >= spec.talk_until) or now >= spec.hard_stop:
             self._hang_up(now)
             return
-        if talk is _Talk.PAUSE and now >= self.next_turn_at:
-            talk = self.talk = _Talk.SPEAK
-            self.speak_position = 0
-            self.turns += 1
-        if talk is _Talk.SPEAK:
-            audio = self.speech[self.speak_position]
-            self.speak_position += 1
-            if self.speak_position == len(self.speech):
-                self.talk = _Talk.WAIT_REPLY
-                self.last_speech_frame = self.frame
-                self.wait_since = now
-        else:
-            audio = SILENCE
         frame = self.frame
+        audio = self.conversation.audio(now, frame)
         packet = (
             _RTP.pack(
                 0x80,
@@ -678,11 +629,6 @@ class _Call:
         self.frame += 1
         self.due += FRAME_S
         self.loop.call_at(self.due, self.tick)
-
-    def _pause(self, now: float) -> _Talk:
-        self.talk = _Talk.PAUSE
-        self.next_turn_at = now + self.rng.uniform(0.3, 0.8)
-        return _Talk.PAUSE
 
     def on_rtp(self, now: float) -> None:
         rtp = self.rtp
@@ -764,15 +710,10 @@ class _Call:
             "rx_errors": self.rx_errors,
             "rx_wrong_source": self.rx_wrong_source,
             "rx_before_answer": self.rx_before_answer,
-            "turns": self.turns,
-            "replies": self.replies,
-            "reply_timeouts": self.reply_timeouts,
+            "turns": self.conversation.turns,
+            "replies": self.conversation.replies,
+            "reply_timeouts": self.conversation.reply_timeouts,
         }
-
-
-def _speech(speech_ms: int, seed: int) -> list[bytes]:
-    audio = synth.utterance(Codec.PCMU, duration_ms=speech_ms, seed=seed)
-    return [audio[i : i + g711.FRAME_BYTES] for i in range(0, len(audio), g711.FRAME_BYTES)]
 
 
 def _realtime_offset() -> float:
@@ -790,7 +731,7 @@ def _run(spec: SipCallerSpec, pipe: Pipe) -> None:
     loop = _Loop()
     offset = _realtime_offset()
     calls: list[_Call] = []
-    speech = {seed: _speech(spec.speech_ms, seed) for seed in range(7)}
+    speech = {seed: speech_frames(spec.speech_ms, seed) for seed in range(7)}
     for index, invite_at in zip(spec.calls, spec.invite_at, strict=True):
         rng = random.Random(spec.seed * 100003 + index)
         call = _Call(index, spec, loop, rng, speech[index % 7], offset)

@@ -18,8 +18,9 @@ What runs where (see the "SIP/RTP benchmark" section of bench/README.md for ever
 * this process: it starts the others, samples every process's CPU time from /proc every 50 ms,
   optionally runs py-spy on the daemon during the measurement window, and prints the figures.
 
-The process handling (sampling, model drain, py-spy, shutdown) is the media-stream benchmark's
-(``mediastream_load._Run``); only the start-up, the callers and the figures differ.
+The process handling (start-up, sampling, model drain, py-spy, shutdown) and the figures both
+benchmarks report are ``_harness.py``'s; only the daemon's configuration and readiness probe, the
+callers and the SIP/RTP figures are this file's.
 
 Exit status: 0 when the benchmark ran (whatever the figures), 2 on a harness error.
 """
@@ -28,40 +29,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import multiprocessing
-import os
 import secrets
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from array import array
 from pathlib import Path
 from typing import Any
 
-from _model import ModelSpec, bind_reuseport, model_main
-from _process import pin
-from _report import CpuSeries, Distribution, summarize_profile
-from _sip_callers import SipCallerSpec, callers_main
-from _stamp import MAX_CALLS, TimeTable
-from mediastream_load import (
-    CLOSE_GRACE_S,
-    DRAIN_LIMIT_S,
+from _harness import (
     HOST,
-    MODEL_KEY_ENV,
-    REPO,
+    NAN,
     SATURATED,
-    HarnessError,
-    _core_ticks,
-    _jsonable,
-    _Run,
+    CallerMain,
+    Run,
+    Table,
+    harness_parser,
+    run_benchmark,
 )
+from _report import (
+    CpuSeries,
+    Distribution,
+    FrameAccount,
+    Window,
+    is_nan,
+    model_tables,
+    nearest_rank,
+)
+from _sip_callers import SipCallerSpec, callers_main
+from _stamp import TimeTable
 
-NAN = math.nan
-SETTLE_S = 1.0
 FRAME_S = 0.020
 # The issue's target: every outbound packet 20 ms +- 2 ms after the one before, at p99.
 INTERVAL_TOLERANCE_S = 0.002
@@ -74,74 +71,25 @@ RTP_PORT_MIN = 40000
 # ---- command line ---------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="N concurrent SIP/RTP calls against the loopback model, "
-        "with the daemon pinned to one core.",
-    )
-    parser.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
-    parser.add_argument(
-        "--seconds", type=float, default=20.0, help="talk time once all calls are up (default 20)"
-    )
-    parser.add_argument(
-        "--batch-frames",
-        type=int,
-        default=1,
-        help="call.input_batch_frames: 20 ms frames per input_audio_buffer.append (default 1)",
-    )
+def _own_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jitter-frames",
         type=int,
         default=3,
         help="ingress.sip.jitter_frames: the reorder window of caller audio (default 3)",
     )
-    parser.add_argument(
-        "--speech-ms", type=int, default=1500, help="length of each caller turn (default 1500)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    return harness_parser(
+        "N concurrent SIP/RTP calls against the loopback model, "
+        "with the daemon pinned to one core.",
+        ramp="INVITE",
+        own=_own_arguments,
     )
-    parser.add_argument(
-        "--generation-speed",
-        type=float,
-        default=4.0,
-        help="how much faster than real time the model sends reply audio (default 4)",
-    )
-    parser.add_argument("--daemon-core", type=int, default=0, help="CPU for the daemon (default 0)")
-    parser.add_argument("--caller-procs", type=int, default=0, help="default: from the cores")
-    parser.add_argument("--model-procs", type=int, default=0, help="default: from the cores")
-    parser.add_argument(
-        "--ramp-seconds", type=float, default=0.0, help="INVITE ramp (default max(1, calls/100))"
-    )
-    parser.add_argument(
-        "--profile",
-        metavar="FILE",
-        help="record the daemon with py-spy (raw format) during the measurement window",
-    )
-    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples a second")
-    parser.add_argument(
-        "--profile-nonblocking",
-        action="store_true",
-        help="do not pause the daemon per sample (less intrusive, but stacks come out torn)",
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (config, logs)")
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="nice value for the daemon and the harness; negative (root only) keeps other work "
-        "on a shared machine from taking their cores (default 0)",
-    )
-    parser.add_argument("--seed", type=int, default=1)
-    return parser
 
 
 # ---- processes ------------------------------------------------------------------------------
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _sip_answers(port: int, timeout: float) -> bool:
@@ -169,31 +117,48 @@ def _sip_answers(port: int, timeout: float) -> bool:
         return data.startswith(b"SIP/2.0 ")
 
 
-def _config_toml(
-    args: argparse.Namespace, *, port: int, model_port: int, records: Path, rtp_max: int
-) -> str:
-    return f"""# generated by bench/sip_load.py
-[service]
-name = "bench-sip"
-max_calls = {args.calls + 16}
+def _sched_slices(pid: int) -> int | None:
+    """How many times the daemon's main thread got a CPU (the third field of schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
 
-[log]
-level = "warning"
 
-[model]
-provider = "compatible"
-url = "ws://{HOST}:{model_port}/v1/realtime"
-api_key_env = "{MODEL_KEY_ENV}"
-dialect = "ga"
+class _SipRun(Run):
+    """The run's processes with SIP callers and a SIP daemon."""
 
-[call]
-input_batch_frames = {args.batch_frames}
+    WORKDIR_PREFIX = "bridge-sip-bench-"
+    SCRIPT = "bench/sip_load.py"
+    SERVICE_NAME = "bench-sip"
+    DAEMON_SOCKET = socket.SOCK_DGRAM
+    NOT_READY = "the daemon did not answer OPTIONS within 30 s"
+    PROBE_EVERY_S = 0.0  # the OPTIONS probe itself waits
+    UP_FIELD = "answered_at"
+    NONE_UP = "no call was answered"
 
-[records]
-enabled = true
-directory = "{records}"
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        super().__init__(args, workdir)
+        # (slices, 0): run-queue wait per wake-up tells scheduling delay from the daemon's own
+        self.daemon_slices = CpuSeries()
 
-[ingress.mediastream]
+    @classmethod
+    def argument_error(cls, args: argparse.Namespace) -> str | None:
+        problem = super().argument_error(args)
+        if problem is None and RTP_PORT_MIN + 4 * args.calls > 65535:
+            return "--calls too large for the RTP port range"
+        return problem
+
+    def sample(self) -> None:
+        super().sample()
+        slices = _sched_slices(self.pids["daemon"])
+        if slices is not None:
+            self.daemon_slices.add(time.monotonic(), float(slices), 0.0)
+
+    def ingress_toml(self, port: int) -> str:
+        args = self.args
+        rtp_max = min(65535, RTP_PORT_MIN + 4 * args.calls + 200)
+        return f"""[ingress.mediastream]
 enabled = false
 
 [ingress.sip]
@@ -208,136 +173,17 @@ allow_from = ["127.0.0.0/8"]
 jitter_frames = {args.jitter_frames}
 """
 
+    def daemon_ready(self, port: int) -> bool:
+        return _sip_answers(port, 0.2)
 
-def _sched_slices(pid: int) -> int | None:
-    """How many times the daemon's main thread got a CPU (the third field of schedstat)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[2])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class _SipRun(_Run):
-    """The media-stream benchmark's process handling with SIP callers and a SIP daemon."""
-
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        super().__init__(args, workdir)
-        # (slices, 0): run-queue wait per wake-up tells scheduling delay from the daemon's own
-        self.daemon_slices = CpuSeries()
-
-    def _sample(self) -> None:
-        super()._sample()
-        slices = _sched_slices(self.pids["daemon"])
-        if slices is not None:
-            self.daemon_slices.add(time.monotonic(), float(slices), 0.0)
-
-    def start(self) -> None:
-        args = self.args
-        daemon_core, harness = self.cores()
-        self.daemon_core, self.harness_cores = daemon_core, harness
-        pin(harness, args.nice)
-        model_procs = args.model_procs or max(1, len(harness) // 3)
-        caller_procs = args.caller_procs or max(1, len(harness) - model_procs)
-        self.model_procs, self.caller_procs = model_procs, caller_procs
-        context = multiprocessing.get_context("spawn")
-
-        # Model processes share one port: hold it (SO_REUSEPORT, not listening) while they bind.
-        holder = bind_reuseport(HOST, 0)
-        model_port = holder.getsockname()[1]
-        for worker in range(model_procs):
-            parent_end, child_end = context.Pipe()
-            spec = ModelSpec(
-                host=HOST,
-                port=model_port,
-                cores=harness,
-                generation_speed=args.generation_speed,
-                worker=worker,
-                nice=args.nice,
-            )
-            process = context.Process(
-                target=model_main, args=(spec, child_end), name=f"bench-model-{worker}"
-            )
-            process.start()
-            self.models.append((process, parent_end))
-        for model, pipe in self.models:
-            if not pipe.poll(30):
-                raise HarnessError(f"{model.name} did not start")
-            pipe.recv()
-        holder.close()
-
-        # The daemon.
-        port = _free_udp_port()
-        self.port = port
-        records = self.workdir / "records"
-        records.mkdir()
-        config = self.workdir / "bench.toml"
-        rtp_max = min(65535, RTP_PORT_MIN + 4 * args.calls + 200)
-        config.write_text(
-            _config_toml(args, port=port, model_port=model_port, records=records, rtp_max=rtp_max)
-        )
-        environ = dict(os.environ)
-        environ[MODEL_KEY_ENV] = secrets.token_urlsafe(24)
-        environ["PYTHONUNBUFFERED"] = "1"
-        self.daemon_log = self.workdir / "daemon.log"
-        with self.daemon_log.open("wb") as log:
-            self.daemon = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "run", "-c", str(config)],
-                cwd=REPO,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: pin(daemon_core, args.nice, own_group=True),
-            )
-        self.pids["daemon"] = self.daemon.pid
-        deadline = time.monotonic() + 30
-        while not _sip_answers(port, 0.2):
-            if self.daemon.poll() is not None:
-                raise HarnessError(
-                    f"the daemon exited with {self.daemon.returncode}: "
-                    + self.daemon_log.read_text()[-2000:]
-                )
-            if time.monotonic() > deadline:
-                raise HarnessError("the daemon did not answer OPTIONS within 30 s")
-
-        # The callers: INVITE over a ramp, talk for --seconds once everyone is up.
-        ramp = args.ramp_seconds or max(1.0, args.calls / 100)
-        t0 = time.monotonic() + 2.0
-        talk_until = t0 + ramp + SETTLE_S + args.seconds
-        self.planned_window = (t0 + ramp + SETTLE_S, talk_until)
-        for worker in range(caller_procs):
-            calls = tuple(range(worker, args.calls, caller_procs))
-            parent_end, child_end = context.Pipe()
-            caller_spec = SipCallerSpec(
-                host=HOST,
-                port=port,
-                user=SIP_USER,
-                calls=calls,
-                cores=harness,
-                invite_at=tuple(t0 + ramp * i / args.calls for i in calls),
-                talk_until=talk_until,
-                hard_stop=talk_until + 20.0,
-                speech_ms=args.speech_ms,
-                seed=args.seed,
-                nice=args.nice,
-            )
-            caller = context.Process(
-                target=callers_main, args=(caller_spec, child_end), name=f"bench-callers-{worker}"
-            )
-            caller.start()
-            self.callers.append((caller, parent_end))
-        for started, _pipe in self.models + self.callers:
-            assert started.pid is not None
-            self.pids[started.name] = started.pid
-        self.cpu = {name: CpuSeries() for name in self.pids}
-        self.cores_busy = {core: CpuSeries() for core in _core_ticks()}
+    def caller_process(
+        self, start_at: tuple[float, ...], common: dict[str, Any]
+    ) -> tuple[CallerMain, object]:
+        spec = SipCallerSpec(user=SIP_USER, invite_at=start_at, **common)
+        return callers_main, spec
 
 
 # ---- figures --------------------------------------------------------------------------------
-
-
-def _nan(value: float) -> bool:
-    return value != value
 
 
 def _doubles(data: bytes) -> array[float]:
@@ -401,58 +247,26 @@ def _sequence_figures(sequences: bytes, timestamps: bytes) -> dict[str, int]:
     }
 
 
-def _quantile(ordered: list[float], quantile: float) -> float:
-    if not ordered:
-        return NAN
-    rank = max(1, math.ceil(quantile * len(ordered)))
-    return ordered[rank - 1]
-
-
 def _figures(run: _SipRun) -> dict[str, Any]:
     args = run.args
     batch = args.batch_frames
-    at_model: dict[int, TimeTable] = {}
-    model_sent: dict[int, TimeTable] = {}
-    for report in run.model_reports:
-        for call, data in report["caller_frames"].items():
-            at_model[call] = TimeTable.from_bytes(data)
-        for call, data in report["reply_frames"].items():
-            model_sent[call] = TimeTable.from_bytes(data)
-
+    at_model, model_sent = model_tables(run.model_reports)
     calls = sorted(run.caller_reports, key=lambda r: r["index"])
-    up_at: dict[int, float] = {}
-    for report in calls:
-        table = at_model.get(report["index"])
-        if table is not None:
-            seen = [t for t in table.times if not _nan(t)]
-            if seen:
-                up_at[report["index"]] = min(seen)
-    came_up = [r for r in calls if r["index"] in up_at]
-    window_start = max(up_at.values()) if up_at else NAN
-    stops = [r["stop_at"] or r["closed_at"] for r in came_up if (r["stop_at"] or r["closed_at"])]
-    window_end = max(stops) if stops else NAN
+    window = Window.of(calls, at_model)
+    window_start, window_end = window.start, window.end
     # Until the first BYE every call is in mid-conversation: no set-up or tear-down work.
-    byes = [r["stop_at"] for r in came_up if r["stop_at"]]
+    byes = [r["stop_at"] for r in window.came_up if r["stop_at"]]
     steady_end = min(byes) if byes else window_end
-    call_seconds = sum(max(0.0, stop - window_start) for stop in stops)
+    in_window = window.holds
 
-    def in_window(at: float) -> bool:
-        return window_start <= at <= window_end
-
+    frames = FrameAccount(window)
     setup: list[float] = []
     trying: list[float] = []
-    lat_in: list[float] = []
-    lat_out: list[float] = []
-    lat_first: list[float] = []
-    lateness: list[float] = []
     receive_delay: list[float] = []
     intervals: list[float] = []
     intervals_read: list[float] = []
     intervals_steady: list[float] = []
     worst_call_interval: list[float] = []
-    lost_in = tail_in = frames_in = delivered_in_window = 0
-    lost_in_examples: list[tuple[int, int, int]] = []
-    lost_out = frames_out = unexpected_out = 0
     sequence_totals: dict[str, int] = {}
     calls_with_gaps = 0
     for report in calls:
@@ -461,51 +275,17 @@ def _figures(run: _SipRun) -> dict[str, Any]:
             setup.append(report["answered_at"] - report["invite_at"])
         if report["trying_at"] is not None and report["invite_at"] is not None:
             trying.append(report["trying_at"] - report["invite_at"])
-        sent = TimeTable.from_bytes(report["sent_at"])
-        due = TimeTable.from_bytes(report["due_at"])
         arrived = at_model.get(index, TimeTable())
         count = report["frames_sent"]
         # The daemon sends whole batches: a partial batch at hang-up is dropped by design. Its
         # batches need not start at our frame 0, so the tail is the run of missing frames after
         # the last one delivered, when it is shorter than a batch.
-        last_delivered = next((f for f in range(count - 1, -1, -1) if not _nan(arrived.get(f))), -1)
-        complete = count if count - 1 - last_delivered >= batch else last_delivered + 1
-        for frame in range(count):
-            sent_at = sent.get(frame)
-            sent_in_window = in_window(sent_at)
-            if sent_in_window:
-                lateness.append(sent_at - due.get(frame))
-            model_at = arrived.get(frame)
-            if not _nan(model_at):
-                frames_in += 1
-                if in_window(model_at):
-                    delivered_in_window += 1
-                if sent_in_window:
-                    lat_in.append(model_at - sent_at)
-            elif frame < complete:
-                frames_in += 1
-                lost_in += 1
-                if len(lost_in_examples) < 20:
-                    lost_in_examples.append((index, frame, count))
-            else:
-                tail_in += 1
-        replies = model_sent.get(index, TimeTable())
-        heard = TimeTable.from_bytes(report["reply_at"])
-        for frame, left_at in enumerate(replies.times):
-            if _nan(left_at):
-                continue
-            frames_out += 1
-            heard_at = heard.get(frame)
-            if _nan(heard_at):
-                lost_out += 1
-                continue
-            if in_window(left_at):
-                lat_out.append(heard_at - left_at)
-                if frame == 0 or _nan(replies.get(frame - 1)):
-                    lat_first.append(heard_at - left_at)
-        unexpected_out += sum(
-            1 for f, t in enumerate(heard.times) if not _nan(t) and _nan(replies.get(f))
+        last_delivered = next(
+            (f for f in range(count - 1, -1, -1) if not is_nan(arrived.get(f))), -1
         )
+        complete = count if count - 1 - last_delivered >= batch else last_delivered + 1
+        frames.caller_frames(report, arrived, complete)
+        frames.reply_frames(report, model_sent.get(index, TimeTable()))
 
         kernel = _doubles(report["rx_kernel"])
         read = _doubles(report["rx_user"])
@@ -534,35 +314,10 @@ def _figures(run: _SipRun) -> dict[str, Any]:
     deviation = [abs(i - FRAME_S) for i in intervals]
     deviation_steady = [abs(i - FRAME_S) for i in intervals_steady]
 
-    window = window_end - window_start
-    cpu: dict[str, dict[str, float]] = {}
-    for name, series in run.cpu.items():
-        user, system = series.between(window_start, window_end)
-        cpu[name] = {"user_s": user, "system_s": system, "load": (user + system) / window}
-    daemon_cpu = cpu["daemon"]
-    core_load: dict[int, float] = {}
-    for core, series in run.cores_busy.items():
-        busy, total = series.between(window_start, window_end)
-        core_load[core] = busy / total if total > 0 else NAN
-    ran, waited = run.daemon_sched.between(window_start, window_end)
+    load = run.load(window_start, window_end)
     slices, _ = run.daemon_slices.between(window_start, window_end)
-    harness_load = sum(v["load"] for k, v in cpu.items() if k != "daemon")
-    others = {
-        "daemon_core": core_load.get(run.daemon_core, NAN) - daemon_cpu["load"],
-        "harness_cores": sum(core_load.get(c, NAN) for c in run.harness_cores) - harness_load,
-    }
-    daemon_cpu_s = daemon_cpu["user_s"] + daemon_cpu["system_s"]
-    totals: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    for report in run.model_reports:
-        for key, value in report["totals"].items():
-            totals[key] = totals.get(key, 0) + value
-        for key, value in report["errors"].items():
-            errors[key] = errors.get(key, 0) + value
-    ended_by: dict[str, int] = {}
     daemon_requests: dict[str, int] = {}
     for report in calls:
-        ended_by[report["ended_by"]] = ended_by.get(report["ended_by"], 0) + 1
         for method, count in report["daemon_requests"].items():
             daemon_requests[method] = daemon_requests.get(method, 0) + count
 
@@ -576,30 +331,11 @@ def _figures(run: _SipRun) -> dict[str, Any]:
         "jitter_frames": args.jitter_frames,
         "generation_speed": args.generation_speed,
         "calls_answered": sum(1 for r in calls if r["answered_at"] is not None),
-        "calls_up": len(came_up),
-        "calls_failed": [
-            {"index": r["index"], "error": r["error"], "ended_by": r["ended_by"]}
-            for r in calls
-            if r["index"] not in up_at
-        ][:10],
-        "ended_by": ended_by,
-        "window_s": window,
-        "call_seconds": call_seconds,
-        "daemon_cpu_ms_per_call_second": 1000 * daemon_cpu_s / call_seconds
-        if call_seconds
-        else NAN,
-        "daemon_cpu_us_per_delivered_frame": 1e6 * daemon_cpu_s / delivered_in_window
-        if delivered_in_window
-        else NAN,
-        "daemon_cpu_user_s": daemon_cpu["user_s"],
-        "daemon_cpu_system_s": daemon_cpu["system_s"],
-        "daemon_core_load": daemon_cpu["load"],
-        "daemon_runnable": (ran + waited) / window,
-        "daemon_runqueue_wait": waited / window,
-        "daemon_wakeups_per_s": slices / window,
-        "daemon_wait_per_wakeup_s": waited / slices if slices > 0 else NAN,
-        "daemon_vmhwm_kib": run.memory.get("VmHWM", 0),
-        "daemon_vmrss_after_kib": run.memory_after.get("VmRSS", 0),
+        **window.figures(calls),
+        **load.daemon_figures(window.call_seconds, frames.delivered_in_window),
+        "daemon_wakeups_per_s": slices / load.window,
+        "daemon_wait_per_wakeup_s": load.waited / slices if slices > 0 else NAN,
+        **load.memory_figures(),
         "setup_invite_to_200": Distribution.of(setup),
         "setup_invite_to_100": Distribution.of(trying),
         "invite_retransmits": summed("invite_retransmits"),
@@ -609,7 +345,7 @@ def _figures(run: _SipRun) -> dict[str, Any]:
         "daemon_requests": daemon_requests,
         "outbound_interval": Distribution.of(intervals),
         "outbound_interval_min": intervals[0] if intervals else NAN,
-        "outbound_interval_p1": _quantile(intervals, 0.01),
+        "outbound_interval_p1": nearest_rank(intervals, 0.01),
         "outbound_interval_deviation": Distribution.of(deviation),
         "outbound_interval_within_2ms": within / len(intervals) if intervals else NAN,
         "outbound_interval_at_read": Distribution.of(intervals_read),
@@ -631,40 +367,21 @@ def _figures(run: _SipRun) -> dict[str, Any]:
         "rtp_before_answer": summed("rx_before_answer"),
         "rtp_socket_errors": summed("rx_errors"),
         "caller_send_errors": summed("send_errors"),
-        "caller_to_model": Distribution.of(lat_in),
-        "model_to_caller": Distribution.of(lat_out),
-        "model_to_caller_first": Distribution.of(lat_first),
-        "harness_lateness": Distribution.of(lateness),
+        **frames.latency_figures(),
         "harness_receive_delay": Distribution.of(receive_delay),
-        "frames_in": frames_in,
-        "lost_in": lost_in,
-        "tail_in": tail_in,
+        **frames.caller_frame_figures(),
         "lost_in_examples": [
-            {"call": c, "frame": f, "frames_sent": n} for c, f, n in lost_in_examples
+            {"call": c, "frame": f, "frames_sent": n} for c, f, n in frames.lost_in_examples
         ],
-        "frames_out": frames_out,
-        "lost_out": lost_out,
-        "unexpected_out": unexpected_out,
+        **frames.reply_frame_figures(),
         "caller_duplicates": sum(r["caller_duplicates"] for r in run.model_reports),
         "reply_duplicates": summed("reply_duplicates"),
         "turns": summed("turns"),
         "replies": summed("replies"),
         "reply_timeouts": summed("reply_timeouts"),
-        "model_connections": sum(r["connections_total"] for r in run.model_reports),
-        "model_open_after": run.open_after_grace,
-        "model_open_at_end": run.open_at_end,
-        "model_websockets_drained_after_s": run.drained_after,
-        "model_errors": errors,
-        "model_totals": totals,
-        "harness_cpu": {name: value["load"] for name, value in cpu.items() if name != "daemon"},
-        "core_busy": core_load,
-        "other_load": others,
-        "model_procs": run.model_procs,
-        "caller_procs": run.caller_procs,
-        "daemon_core": run.daemon_core,
-        "nice": args.nice,
-        "harness_cores": list(run.harness_cores),
-        "daemon_exit": run.daemon_exit,
+        **run.model_figures(),
+        **load.harness_figures(),
+        **run.placement_figures(),
     }
 
 
@@ -682,51 +399,25 @@ def _target_met(f: dict[str, Any]) -> bool:
 
 def _print(figures: dict[str, Any]) -> None:
     f = figures
+    table = Table(44)
+    row = table.row
 
-    def row(label: str, value: str) -> None:
-        print(f"  {label:<44} {value}")
-
-    print()
-    print(
+    table.heading(
+        f,
         f"bridge SIP/RTP load: {f['calls']} calls, {f['seconds']:g} s talk, "
         f"batch {f['batch_frames']} frame(s)/append, jitter window {f['jitter_frames']} frames, "
-        f"model replies at {f['generation_speed']:g}x real time"
+        f"model replies at {f['generation_speed']:g}x real time",
     )
-    harness = ",".join(map(str, f["harness_cores"]))
-    print(
-        f"daemon pinned to CPU {f['daemon_core']}; harness on CPU {harness} "
-        f"({f['caller_procs']} caller + {f['model_procs']} model processes); nice {f['nice']}"
-    )
-    print()
     row(
         "calls answered / up / requested", f"{f['calls_answered']} / {f['calls_up']} / {f['calls']}"
     )
-    row("measurement window", f"{f['window_s']:.2f} s  ({f['call_seconds']:.0f} call-seconds)")
-    row(
-        "daemon CPU per call-second",
-        f"{f['daemon_cpu_ms_per_call_second']:.2f} ms  (user {f['daemon_cpu_user_s']:.2f} s + "
-        f"sys {f['daemon_cpu_system_s']:.2f} s; core {100 * f['daemon_core_load']:.0f}% busy)",
-    )
-    row(
-        "daemon CPU per caller frame delivered",
-        f"{f['daemon_cpu_us_per_delivered_frame']:.0f} us",
-    )
-    row(
-        "daemon main thread runnable",
-        f"{100 * f['daemon_runnable']:.0f}% of the window  (waiting for the CPU "
-        f"{100 * f['daemon_runqueue_wait']:.0f}%)"
-        + ("  -> SATURATED" if f["daemon_runnable"] > SATURATED else ""),
-    )
+    table.daemon_rows(f)
     row(
         "daemon time slices / waiting per slice",
         f"{f['daemon_wakeups_per_s']:.0f} a second / "
         f"{1e6 * f['daemon_wait_per_wakeup_s']:.0f} us on average in the run queue",
     )
-    row(
-        "daemon peak memory (VmHWM)",
-        f"{f['daemon_vmhwm_kib'] / 1024:.1f} MiB  (VmRSS after the calls "
-        f"{f['daemon_vmrss_after_kib'] / 1024:.1f} MiB)",
-    )
+    table.memory_row(f)
     print()
     row("outbound RTP interval p50/p99/max", f["outbound_interval"].ms())
     row(
@@ -764,24 +455,7 @@ def _print(figures: dict[str, Any]) -> None:
         f"SSRCs {f['rtp_ssrcs']}, wrong source {f['rtp_wrong_source']}",
     )
     print()
-    row("caller->model latency p50/p99/max", f["caller_to_model"].ms())
-    row("model->caller latency p50/p99/max", f["model_to_caller"].ms())
-    row("  first frame of each reply", f["model_to_caller_first"].ms())
-    row(
-        "frames lost caller->model",
-        f"{f['lost_in']} of {f['frames_in']}  (+{f['tail_in']} in partial batches at hang-up)",
-    )
-    row("frames lost model->caller", f"{f['lost_out']} of {f['frames_out']}")
-    drained = f["model_websockets_drained_after_s"]
-    row(
-        f"model websockets open {CLOSE_GRACE_S:g} s after the calls",
-        f"{f['model_open_after']}  (of {f['model_connections']} opened; "
-        + (
-            f"all closed {drained:.1f} s after the last caller finished)"
-            if not _nan(drained)
-            else f"{f['model_open_at_end']} still open after {DRAIN_LIMIT_S:g} s)"
-        ),
-    )
+    table.latency_rows(f)
     print()
     row("call setup INVITE->100 p50/p99/max", f["setup_invite_to_100"].ms())
     row("call setup INVITE->200 p50/p99/max", f["setup_invite_to_200"].ms())
@@ -794,25 +468,15 @@ def _print(figures: dict[str, Any]) -> None:
         "turns / replies heard / reply timeouts",
         f"{f['turns']} / {f['replies']} / {f['reply_timeouts']}",
     )
-    row("duplicate frames in / out", f"{f['caller_duplicates']} / {f['reply_duplicates']}")
-    row("model errors", json.dumps(f["model_errors"]) if f["model_errors"] else "none")
-    row("calls ended by", json.dumps(f["ended_by"]))
+    table.outcome_rows(f)
     if f["daemon_requests"]:
         row("requests from the daemon", json.dumps(f["daemon_requests"]))
     if f["calls_failed"]:
         row("calls that never came up (first 10)", json.dumps(f["calls_failed"]))
     row("harness send lateness p50/p99/max", f["harness_lateness"].ms())
     row("harness receive delay p50/p99/max", f["harness_receive_delay"].ms())
-    row(
-        "harness CPU (% of one core)",
-        ", ".join(f"{name} {100 * load:.0f}%" for name, load in f["harness_cpu"].items()),
-    )
-    other = f["other_load"]
-    row(
-        "other processes' CPU in the window",
-        f"{100 * other['daemon_core']:.0f}% of the daemon's core, "
-        f"{100 * other['harness_cores']:.0f}% of a core on the harness cores",
-    )
+    table.harness_cpu_row(f)
+    table.other_load_row(f)
     if f["daemon_runnable"] > SATURATED:
         print(
             "  note: the daemon was SATURATED: it fell behind, so latency grows with the run and "
@@ -827,54 +491,13 @@ def _print(figures: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if not 1 <= args.calls < MAX_CALLS:
-        print(f"--calls must be 1..{MAX_CALLS - 1}", file=sys.stderr)
-        return 2
-    if RTP_PORT_MIN + 4 * args.calls > 65535:
-        print("--calls too large for the RTP port range", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="bridge-sip-bench-"))
-    run = _SipRun(args, workdir)
-    try:
-        run.start()
-        run.wait()
-    except HarnessError as error:
-        print(f"harness error: {error}", file=sys.stderr)
-        print(f"(config and daemon log kept in {workdir})", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 2
-    finally:
-        run.stop()
-    if not run.caller_reports or not any(r["answered_at"] for r in run.caller_reports):
-        errors = {r["error"] for r in run.caller_reports}
-        print(f"harness error: no call was answered: {sorted(errors)[:3]}", file=sys.stderr)
-        print(f"(config and daemon log kept in {workdir})", file=sys.stderr)
-        return 2
-    figures = _figures(run)
-    _print(figures)
-    warnings = [
-        line
-        for line in run.daemon_log.read_text(errors="replace").splitlines()
-        if "level=warning" in line or "level=error" in line
-    ]
-    if warnings:
-        print(f"\n  daemon log: {len(warnings)} warning/error lines, e.g.:")
-        for line in warnings[:3]:
-            print(f"    {line[:200]}")
-    if args.profile:
-        print()
-        print(summarize_profile(Path(args.profile)))
-    if args.json:
-        figures["daemon_log_warnings"] = len(warnings)
-        figures["target_met"] = _target_met(figures)
-        Path(args.json).write_text(json.dumps(_jsonable(figures), indent=2) + "\n")
-    if args.keep:
-        print(f"\n  kept {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_benchmark(
+        _parser().parse_args(argv),
+        _SipRun,
+        _figures,
+        _print,
+        json_extras=lambda figures: {"target_met": _target_met(figures)},
+    )
 
 
 if __name__ == "__main__":
