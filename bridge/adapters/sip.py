@@ -808,6 +808,7 @@ async def serve_sip(
         retry_after_s=config.retry_after_s,
     )
     ua = SipUserAgent(settings, rng=rng)
+    endpoint: _SipEndpoint | None = None
     rtp = RtpEngine(log=log)
     ports = RtpPortPool(config.host, config.rtp_port_min, config.rtp_port_max, rng=rng)
     try:
@@ -848,6 +849,19 @@ async def serve_sip(
     finally:
         if udp_sock is not None:
             udp_sock.close()
+        sip_figures = attrs.asdict(ua.statistics())
+        log.info(
+            "SIP ingress stopped",
+            extra={
+                **sip_figures,
+                "rtp_ticks": rtp.ticks,
+                "rtp_late_ticks": rtp.late_ticks,
+                "rtp_ticks_skipped": rtp.ticks_skipped,
+                "rtp_sent_from_instrument": rtp.sent_from_instrument,
+                "udp_send_errors": endpoint.udp_send_errors if endpoint else 0,
+                "tcp_messages_dropped": endpoint.tcp_messages_dropped if endpoint else 0,
+            },
+        )
 
 
 __all__ = ["INGRESS", "SipCallLeg", "SipListening", "serve_sip"]
