@@ -202,6 +202,9 @@ async def serve(
         )
     calls = _Calls(config.service.max_calls, draining)
 
+    def new_call_id() -> str:
+        return f"c-{rng.getrandbits(64):016x}"
+
     async with trio.open_nursery() as nursery:
         if config.model.provider is Provider.LOOPBACK:
             loopback = await nursery.start(
@@ -245,7 +248,7 @@ async def serve(
                     auth_token=secrets.auth_token,
                     shared_secret=secrets.shared_secret,
                     log=logging.getLogger("bridge.mediastream"),
-                    new_call_id=lambda: f"c-{rng.getrandbits(64):016x}",
+                    new_call_id=new_call_id,
                 )
             )
             log.info(
@@ -276,7 +279,7 @@ async def serve(
                     available=calls.available,
                     log=logging.getLogger("bridge.sip"),
                     rng=rng,
-                    new_call_id=lambda: f"c-{rng.getrandbits(64):016x}",
+                    new_call_id=new_call_id,
                 )
             )
             sip_port = listening_sip.port

@@ -273,10 +273,6 @@ class RtpEngine:
         self.sent_from_instrument = 0
         self._lost: list[RtpMedia] = []
 
-    @property
-    def calls(self) -> int:
-        return len(self._media)
-
     def add(self, media: RtpMedia) -> None:
         self._media[id(media)] = media
         for sock, is_rtcp in ((media.sockets.rtp, False), (media.sockets.rtcp, True)):

@@ -121,16 +121,8 @@ class SipCallLeg:
         self._extra = {"call_id": info.call_id}
 
     @property
-    def rtp_port(self) -> int:
-        return self._sockets.port
-
-    @property
     def sockets(self) -> RtpSockets:
         return self._sockets
-
-    @property
-    def media(self) -> RtpMedia | None:
-        return self._media
 
     async def run(
         self,
@@ -262,6 +254,7 @@ class SipCallLeg:
                 "ticks_skipped": rtp.ticks_skipped,
                 "caller_audio_dropped": media.statistics.caller_audio_dropped,
                 "send_errors": media.statistics.send_errors,
+                "flood_ticks": media.statistics.flood_ticks,
             },
         )
 
@@ -407,10 +400,6 @@ class _SipEndpoint:
         self._no_calls = trio.Event()
         self.udp_send_errors = 0
         self.tcp_messages_dropped = 0
-
-    @property
-    def calls(self) -> int:
-        return len(self._legs)
 
     # ---- input ---------------------------------------------------------------------------------
 
