@@ -17,16 +17,19 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import gc
+import json
 import logging
 import os
 import random
 import tempfile
-from collections.abc import Iterator, Mapping
+import wave
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx2
 import trio
 
 from bridge.adapters.leg import TelephonyLeg
@@ -35,16 +38,24 @@ from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
 from bridge.adapters.realtime_ws import run_realtime_leg
 from bridge.adapters.sip import SipCallLeg, SipListening, serve_sip
 from bridge.agent.errors import AgentLegFailed
+from bridge.agent.loopback import ScriptedToolCall
+from bridge.audiofiles import read_audio
 from bridge.call.bridge import CallBridgeSettings
 from bridge.call.context import CallInfo
-from bridge.call.events import AgentCommand, AgentEvent, EndReason
-from bridge.config import Config, MediaStreamAuth, Provider, TurnDetectionType
+from bridge.call.events import AgentCommand, AgentEvent, Codec, EndReason
+from bridge.call.profile import CallProfile, choose_profile
+from bridge.call.tools import function_definitions
+from bridge.config import Config, MediaStreamAuth, Provider, ToolKind, TurnDetectionType
 from bridge.credentials import SecretSource, read_secret
 from bridge.errors import ConfigError, SecretError
 from bridge.logs import call_logger
 from bridge.proto.realtime.session_config import session_codec
 from bridge.records import append_record
 from bridge.supervisor import run_call
+from bridge.tools.http_client import open_http_client
+from bridge.tools.precall import PrecallResult, run_precall_hook
+from bridge.tools.python_tool import load_callable
+from bridge.tools.runner import ToolRunner
 
 log = logging.getLogger("bridge")
 
@@ -62,16 +73,98 @@ class Listening:
     sip_port: int = 0
 
 
-def bridge_settings(config: Config, info: CallInfo) -> CallBridgeSettings:
-    turn_detection = config.session.turn_detection
+def bridge_settings(
+    config: Config,
+    info: CallInfo,
+    profile: CallProfile | None = None,
+    holding_audio: Mapping[tuple[str, Codec], bytes] | None = None,
+) -> CallBridgeSettings:
+    """The control loop's settings for one call under `profile` (the defaults when None)."""
+    profile = profile or choose_profile(config, info)
+    session = profile.session
+    turn_detection = session.turn_detection
+    holding_audio = holding_audio or {}
     return CallBridgeSettings(
-        model_codec=session_codec(config.session, info),
+        model_codec=session_codec(session, info),
         input_batch_frames=config.call.input_batch_frames,
         dtmf_flush_ms=config.call.dtmf_flush_ms,
         max_duration_s=config.call.max_duration_s,
-        greeting=config.session.greeting,
+        greeting=session.greeting,
         barge_in=turn_detection.type is not TurnDetectionType.NONE
         and turn_detection.interrupt_response,
+        tools={tool.name: tool for tool in profile.tools},
+        holding_audio={
+            tool.name: holding_audio[tool.name, info.codec]
+            for tool in profile.tools
+            if (tool.name, info.codec) in holding_audio
+        },
+    )
+
+
+@attrs.frozen
+class ToolResources:
+    """What the tools need, prepared once at start-up so a bad entry fails the start, not a call."""
+
+    python_functions: Mapping[str, Callable[..., Any]] = attrs.field(factory=dict)
+    holding_audio: Mapping[tuple[str, Codec], bytes] = attrs.field(factory=dict)
+
+
+def prepare_tools(config: Config, environ: Mapping[str, str]) -> ToolResources:
+    """Import Python tools, read holding audio, check secret headers; ConfigError lists problems."""
+    problems: list[str] = []
+    functions: dict[str, Callable[..., Any]] = {}
+    audio: dict[tuple[str, Codec], bytes] = {}
+    for index, tool in enumerate(config.tools):
+        where = f"$.tools[{index}]"
+        if tool.kind is ToolKind.PYTHON:
+            try:
+                functions[tool.name] = load_callable(tool.function)
+            except ValueError as error:
+                problems.append(f"{error} @ {where}.function")
+        if tool.holding_audio:
+            try:
+                for codec in Codec:
+                    audio[tool.name, codec] = read_audio(tool.holding_audio, codec)
+            except (OSError, EOFError, wave.Error) as error:
+                problems.append(f"cannot read holding audio: {error} @ {where}.holding_audio")
+        problems += _secret_header_problems(tool.secret_headers(), where, environ)
+    hook = config.precall_hook
+    if hook.url:
+        problems += _secret_header_problems(hook.secret_headers(), "$.precall_hook", environ)
+    if problems:
+        raise ConfigError(problems)
+    return ToolResources(python_functions=functions, holding_audio=audio)
+
+
+def _secret_header_problems(
+    sources: Mapping[str, SecretSource], where: str, environ: Mapping[str, str]
+) -> list[str]:
+    problems = []
+    for name, source in sources.items():
+        key = "headers_env" if source.env else "headers_file"
+        try:
+            value = read_secret(source, environ)
+        except SecretError as error:
+            problems.append(f"header {name}: {error} @ {where}.{key}")
+            continue
+        if value is None:
+            problems.append(
+                f"header {name} is not set: provide it in {source.describe()} @ {where}.{key}"
+            )
+    return problems
+
+
+def loopback_script(config: Config) -> tuple[ScriptedToolCall, ...]:
+    """The loopback model's scripted function calls from `[model.loopback]`."""
+    return tuple(
+        ScriptedToolCall(
+            name=call.name,
+            arguments=json.dumps(call.arguments),
+            say=call.say,
+            dtmf=call.dtmf,
+            user_text=call.user_text,
+        )
+        for call in config.model.loopback.tool_calls
     )
 
 
@@ -194,6 +287,7 @@ async def serve(
     ingress = config.ingress.mediastream
     secrets = startup_secrets(config, environ)
     check_records_directory(config)
+    resources = prepare_tools(config, environ)
     if ingress.enabled and ingress.auth is MediaStreamAuth.NONE:
         log.warning(
             "media-stream authentication is OFF: anyone who can reach the listener can place "
@@ -205,7 +299,10 @@ async def serve(
     def new_call_id() -> str:
         return f"c-{rng.getrandbits(64):016x}"
 
-    async with trio.open_nursery() as nursery:
+    async with (
+        open_http_client() as http_client,
+        trio.open_nursery() as nursery,
+    ):
         if config.model.provider is Provider.LOOPBACK:
             loopback = await nursery.start(
                 functools.partial(
@@ -213,6 +310,7 @@ async def serve(
                     host="127.0.0.1",
                     port=0,
                     dialect=config.model.dialect.value,
+                    script=loopback_script(config),
                 )
             )
             model_url = loopback.url
@@ -235,7 +333,13 @@ async def serve(
                 )
             with calls.counting():
                 await _run_one_call(
-                    config, leg, model_url=model_url, environ=environ, refusal=refusal
+                    config,
+                    leg,
+                    model_url=model_url,
+                    environ=environ,
+                    refusal=refusal,
+                    resources=resources,
+                    http_client=http_client,
                 )
 
         port = 0
@@ -267,7 +371,15 @@ async def serve(
 
             async def handle_sip_call(leg: SipCallLeg) -> None:
                 # the slot was reserved when the INVITE was admitted; the leg releases it
-                await _run_one_call(config, leg, model_url=model_url, environ=environ, refusal=None)
+                await _run_one_call(
+                    config,
+                    leg,
+                    model_url=model_url,
+                    environ=environ,
+                    refusal=None,
+                    resources=resources,
+                    http_client=http_client,
+                )
 
             listening_sip = await nursery.start(
                 functools.partial(
@@ -352,8 +464,22 @@ async def _run_one_call(
     model_url: str,
     environ: Mapping[str, str],
     refusal: AgentLegFailed | None,
+    resources: ToolResources,
+    http_client: httpx2.AsyncClient | None,
 ) -> None:
     call_log = call_logger(leg.info.call_id)
+    info = leg.info
+    precall = PrecallResult()
+    if config.precall_hook.url and refusal is None:
+        precall = await run_precall_hook(
+            config.precall_hook, info, environ=environ, log=call_log, client=http_client
+        )
+        info = attrs.evolve(info, variables={**info.variables, **precall.variables})
+    profile = choose_profile(config, info, route_name=precall.route)
+    if profile.route:
+        call_log.info("route chosen", extra={"route": profile.route})
+    model = attrs.evolve(config.model, model=profile.model)
+    tool_definitions = function_definitions(profile.tools)
 
     async def agent(
         info: CallInfo,
@@ -372,11 +498,12 @@ async def _run_one_call(
             except SecretError as error:
                 raise AgentLegFailed(EndReason.MODEL_CONNECT_FAILED, str(error)) from None
         await run_realtime_leg(
-            model=config.model,
-            session=config.session,
+            model=model,
+            session=profile.session,
             call=info,
             api_key=api_key,
             url=model_url,
+            tools=tool_definitions,
             events=events,
             commands=commands,
             log=call_log,
@@ -386,17 +513,34 @@ async def _run_one_call(
     records = config.records
 
     async def write_record(record: dict[str, Any]) -> None:
+        record["route"] = profile.route
+        if config.precall_hook.url:
+            record["precall_hook"] = precall.problem or "ok"
         if not records.transcripts:
-            # Transcripts and keypad digits (PINs, card numbers) stay out of the record.
+            # Transcripts, keypad digits (PINs, card numbers) and what tools were told or
+            # answered stay out of the record.
             record.pop("transcript", None)
             record.pop("dtmf", None)
+            for tool_call in record.get("tool_calls", ()):
+                tool_call.pop("arguments", None)
+                tool_call.pop("output", None)
         started = dt.datetime.fromisoformat(record["started_at"])
         await trio.to_thread.run_sync(append_record, records.directory, record, started)
 
+    runner = ToolRunner(
+        tools={tool.name: tool for tool in profile.tools},
+        info=info,
+        log=call_log,
+        environ=environ,
+        python_functions=resources.python_functions,
+        client=http_client,
+    )
     await run_call(
         leg,
         agent,
-        settings=bridge_settings(config, leg.info),
+        info=info,
+        settings=bridge_settings(config, info, profile, resources.holding_audio),
         log=call_log,
+        tools=runner if profile.tools else None,
         write_record=write_record if records.enabled else None,
     )

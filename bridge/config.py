@@ -149,6 +149,26 @@ class SipTransport(enum.Enum):
     TCP = "tcp"
 
 
+class ToolKind(enum.Enum):
+    BUILTIN = "builtin"  # call control carried out by the daemon itself
+    HTTP = "http"  # POST JSON to the operator's URL
+    PYTHON = "python"  # a module:function in the daemon's process
+
+
+class BuiltinTool(enum.Enum):
+    END_CALL = "end_call"
+    TRANSFER_CALL = "transfer_call"
+    SEND_DTMF = "send_dtmf"
+
+
+class Holding(enum.Enum):
+    """What the caller hears while a slow tool runs."""
+
+    NONE = "none"
+    PHRASE = "phrase"  # the model is asked for a short holding phrase
+    AUDIO = "audio"  # an audio file plays (looped) until the result is in
+
+
 # What each choice is called in error messages: "'nova' is not a voice; choose one of ...".
 _CHOICE_NOUNS: Final[Mapping[type[enum.Enum], str]] = {
     Provider: "a provider",
@@ -164,6 +184,9 @@ _CHOICE_NOUNS: Final[Mapping[type[enum.Enum], str]] = {
     NoiseReductionType: "a noise reduction type",
     MediaStreamAuth: "a media stream auth mode",
     SipTransport: "a SIP transport",
+    ToolKind: "a tool kind",
+    BuiltinTool: "a built-in tool",
+    Holding: "a holding mode",
     Codec: "a codec",
 }
 
@@ -330,6 +353,87 @@ def _header_names(_instance: Any, _attribute: attrs.Attribute[Any], value: tuple
             raise _Invalid(f"{name!r} is not a SIP header name")
 
 
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _tool_name(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _TOOL_NAME.fullmatch(value):
+        raise _Invalid(
+            f"{value!r} is not a function name: 1 to 64 letters, digits, '_' or '-' "
+            "(the Realtime API's rule)"
+        )
+
+
+def _http_url(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _Invalid(f"must be an http:// or https:// URL, got {value!r}")
+    if parts.username or parts.password:
+        raise _Invalid("must not carry credentials; send them in headers_env or headers_file")
+
+
+def _python_callable(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+        raise _Invalid(f'must be "package.module:function", got {value!r}')
+
+
+def _sip_target(value: str) -> str | None:
+    """Why `value` is not a transfer target we can put in Refer-To, or None when it is one."""
+    scheme, colon, rest = value.partition(":")
+    if not colon or scheme.lower() not in ("sip", "sips", "tel") or not rest:
+        return f"{value!r} is not a sip:, sips: or tel: URI"
+    if any(char in value for char in '<>\r\n "'):
+        return f"{value!r} must not contain spaces, quotes or angle brackets"
+    return None
+
+
+def _transfer_targets(
+    _instance: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, str]
+) -> None:
+    for name, target in value.items():
+        if not _TOOL_NAME.fullmatch(name):
+            raise _Invalid(f"target name {name!r}: use letters, digits, '_' or '-'")
+        if (problem := _sip_target(target)) is not None:
+            raise _Invalid(f"target {name!r}: {problem}")
+
+
+def _transfer_target(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if value and (problem := _sip_target(value)) is not None:
+        raise _Invalid(problem)
+
+
+def _header_table(
+    _instance: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, str]
+) -> None:
+    for name in value:
+        if not _HEADER_NAME.fullmatch(name):
+            raise _Invalid(f"{name!r} is not an HTTP header name")
+
+
+def _env_names(_instance: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+    _header_table(_instance, _attribute, value)
+    for name, env in value.items():
+        if not _ENV_NAME.fullmatch(env):
+            # Never echo it: the likeliest mistake is the secret itself pasted here.
+            raise _Invalid(
+                f"header {name!r} must name an environment variable (letters, digits, _), "
+                "not hold the secret itself"
+            )
+
+
+def _dtmf_digits(_instance: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
+    if not re.fullmatch(r"[0-9*#A-D]*", value):
+        raise _Invalid(f"must be keypad digits 0-9, *, #, A-D, got {value!r}")
+
+
+def _glob_list(_instance: Any, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for pattern in value:
+        if not pattern:
+            raise _Invalid("patterns must not be empty")
+
+
 # Metadata key for a field whose TOML shape the converter cannot derive from its type alone.
 _STRUCTURE: Final = "bridge.config.structure"
 
@@ -352,6 +456,43 @@ def _list_of(structure_item: Callable[[object], Any]) -> Callable[[object, Any],
         return tuple(structure_item(item) for item in value)
 
     return structure
+
+
+def _structure_str_table(value: object, _type: Any) -> Mapping[str, str]:
+    """A TOML table of strings (header names to values, target names to URIs, ...)."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a table, got {_kind(value)}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise _Invalid(f"{key!r} must be a string, got {_kind(item)}")
+    return dict(value)
+
+
+def _structure_json_value(value: object, where: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _structure_json_value(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, list):
+        return [
+            _structure_json_value(item, f"{where}[{index}]") for index, item in enumerate(value)
+        ]
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise _Invalid(f"{_kind(value)} at {where} has no JSON form")
+
+
+def _structure_json_table(value: object, _type: Any) -> Mapping[str, Any]:
+    """A TOML table that is sent as a JSON object (a JSON schema, function arguments)."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a table, got {_kind(value)}")
+    structured: dict[str, Any] = _structure_json_value(value, "")
+    return structured
+
+
+def _json_schema(
+    _instance: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, Any]
+) -> None:
+    if value and value.get("type") != "object":
+        raise _Invalid('a function\'s parameters must be a JSON schema with type = "object"')
 
 
 def _structure_output_modalities(value: object, _type: Any) -> tuple[OutputModality, ...]:
@@ -378,6 +519,34 @@ class LogConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LoopbackToolCallConfig:
+    """A function call the loopback model makes when the caller presses keys or says a text.
+
+    Lets the daemon and its tests exercise tools with no real model: `dtmf = "1"` makes the
+    loopback model answer the keypad message for "1" by saying `say` and calling `name`.
+    """
+
+    name: str = attrs.field(validator=_tool_name)
+    arguments: Mapping[str, Any] = attrs.field(
+        factory=dict, metadata={_STRUCTURE: _structure_json_table}
+    )
+    say: str = ""
+    dtmf: str = attrs.field(default="", validator=_dtmf_digits)
+    user_text: str = ""
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        if not self.dtmf and not self.user_text:
+            yield "dtmf", "a loopback tool call needs a trigger: dtmf or user_text"
+
+
+@attrs.frozen(kw_only=True)
+class LoopbackConfig:
+    """The built-in loopback model's scripted behaviour."""
+
+    tool_calls: tuple[LoopbackToolCallConfig, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
 class ModelConfig:
     """The realtime model endpoint (realtime-api.md §1; Azure §6.1)."""
 
@@ -389,6 +558,7 @@ class ModelConfig:
     connect_timeout_s: float = attrs.field(default=10.0, validator=_above(0.0))
     session_timeout_s: float = attrs.field(default=10.0, validator=_above(0.0))
     max_message_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024 * 1024))
+    loopback: LoopbackConfig = attrs.field(factory=LoopbackConfig)
 
     @property
     def effective_url(self) -> str:
@@ -619,6 +789,161 @@ class SipIngressConfig:
             yield ("rtp_port_max", "the RTP port range must hold at least two ports (RTP + RTCP)")
 
 
+DEFAULT_HOLDING_PHRASE: Final = (
+    "Tell the caller in a few words that you are looking into it and will be right back. "
+    "Say nothing else."
+)
+
+
+@attrs.frozen(kw_only=True)
+class ToolConfig:
+    """One function the model may call (`[[tools]]`); see docs/configuration.md "Tools".
+
+    `kind` says who runs it: the daemon's call control (`builtin`: end_call, transfer_call,
+    send_dtmf), the operator's HTTP endpoint (`http`) or a Python callable (`python`).
+    """
+
+    name: str = attrs.field(validator=_tool_name)
+    kind: ToolKind = ToolKind.HTTP
+    description: str = ""
+    # A JSON schema (type = "object"); empty: the built-in's own, or no parameters.
+    parameters: Mapping[str, Any] = attrs.field(
+        factory=dict, validator=_json_schema, metadata={_STRUCTURE: _structure_json_table}
+    )
+    # Unset: 10 s, or 30 s for transfer_call (counted from the REFER: the target has to answer).
+    timeout_s: float | None = attrs.field(default=None, validator=_optional(_between(0.1, 600.0)))
+    holding: Holding = Holding.NONE
+    holding_after_s: float = attrs.field(default=1.5, validator=_between(0.0, 60.0))
+    holding_phrase: str = attrs.field(default=DEFAULT_HOLDING_PHRASE, validator=_not_empty)
+    holding_audio: str = ""
+    # http: where to POST, and the request headers (secret values from the environment or a file).
+    url: str = attrs.field(default="", validator=_http_url)
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_header_table, metadata={_STRUCTURE: _structure_str_table}
+    )
+    headers_env: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_env_names, metadata={_STRUCTURE: _structure_str_table}
+    )
+    headers_file: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_header_table, metadata={_STRUCTURE: _structure_str_table}
+    )
+    # python: "package.module:function", called as function(arguments, context).
+    function: str = attrs.field(default="", validator=_python_callable)
+    # transfer_call: one fixed target, or named targets the model chooses from.
+    target: str = attrs.field(default="", validator=_transfer_target)
+    targets: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_transfer_targets, metadata={_STRUCTURE: _structure_str_table}
+    )
+    # transfer_call on calls without SIP REFER (media streams): POST the transfer here.
+    hook_url: str = attrs.field(default="", validator=_http_url)
+
+    @property
+    def effective_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return 30.0 if self.builtin is BuiltinTool.TRANSFER_CALL else 10.0
+
+    @property
+    def builtin(self) -> BuiltinTool | None:
+        if self.kind is not ToolKind.BUILTIN:
+            return None
+        return next((tool for tool in BuiltinTool if tool.value == self.name), None)
+
+    def secret_headers(self) -> dict[str, SecretSource]:
+        """Header names whose values are secrets, and where each is read from."""
+        sources = {name: SecretSource(file=path) for name, path in self.headers_file.items()}
+        sources.update({name: SecretSource(env=env) for name, env in self.headers_env.items()})
+        return sources
+
+    def _problems(self) -> Iterator[tuple[str, str]]:
+        builtin = self.builtin
+        if self.kind is ToolKind.BUILTIN and builtin is None:
+            names = ", ".join(tool.value for tool in BuiltinTool)
+            yield "name", f"{self.name!r} is not a built-in tool; choose one of {names}"
+        if self.kind is ToolKind.HTTP and not self.url:
+            yield "url", 'required for kind = "http": the URL the arguments are POSTed to'
+        if self.kind is ToolKind.PYTHON and not self.function:
+            yield "function", 'required for kind = "python": "package.module:function"'
+        if self.url and self.kind is not ToolKind.HTTP:
+            yield "url", 'applies to kind = "http" only (transfer_call uses hook_url)'
+        if self.function and self.kind is not ToolKind.PYTHON:
+            yield "function", 'applies to kind = "python" only'
+        transfer_only = ("target", "targets", "hook_url")
+        if builtin is not BuiltinTool.TRANSFER_CALL:
+            for key in transfer_only:
+                if getattr(self, key):
+                    yield key, "applies to the built-in transfer_call only"
+        elif self.target and self.targets:
+            yield "targets", "give either target (fixed) or targets (the model chooses), not both"
+        elif not self.target and not self.targets:
+            yield "target", "transfer_call needs target or targets"
+        headers_used = self.kind is ToolKind.HTTP or self.hook_url
+        if not headers_used and (self.headers or self.headers_env or self.headers_file):
+            yield "headers", "headers apply to http tools and transfer hooks only"
+        if self.holding is Holding.AUDIO and not self.holding_audio:
+            yield "holding_audio", 'required for holding = "audio": a WAV or .ulaw/.alaw file'
+        if self.holding_audio and self.holding is not Holding.AUDIO:
+            yield "holding_audio", 'applies to holding = "audio" only'
+
+
+@attrs.frozen(kw_only=True)
+class RouteConfig:
+    """A per-call profile (`[[routes]]`): the first route whose conditions all match applies.
+
+    `called`, `caller` and the values in `variables` are shell-style patterns (`+1555*`); an
+    empty condition matches anything. `session` holds any `[session]` key and is merged over the
+    `[session]` table, so a route says only what differs.
+    """
+
+    name: str = attrs.field(validator=_not_empty)
+    called: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=_glob_list,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_str(item, str))},
+    )
+    caller: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=_glob_list,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_str(item, str))},
+    )
+    variables: Mapping[str, str] = attrs.field(
+        factory=dict, metadata={_STRUCTURE: _structure_str_table}
+    )
+    model: str = ""
+    # The [[tools]] names this route offers; absent: all of them.
+    tools: tuple[str, ...] | None = attrs.field(
+        default=None,
+        metadata={_STRUCTURE: _list_of(lambda item: _structure_str(item, str))},
+    )
+    session: SessionConfig = attrs.field(factory=SessionConfig)
+
+
+@attrs.frozen(kw_only=True)
+class PrecallHookConfig:
+    """An HTTP endpoint asked for per-call variables before the model is called (a CRM lookup).
+
+    It gets the call (id, caller, called, variables) as JSON and answers
+    `{"variables": {...}}`; `"route": "name"` picks a route. Failure or timeout: defaults.
+    """
+
+    url: str = attrs.field(default="", validator=_http_url)
+    timeout_s: float = attrs.field(default=2.0, validator=_between(0.1, 10.0))
+    headers: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_header_table, metadata={_STRUCTURE: _structure_str_table}
+    )
+    headers_env: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_env_names, metadata={_STRUCTURE: _structure_str_table}
+    )
+    headers_file: Mapping[str, str] = attrs.field(
+        factory=dict, validator=_header_table, metadata={_STRUCTURE: _structure_str_table}
+    )
+
+    def secret_headers(self) -> dict[str, SecretSource]:
+        sources = {name: SecretSource(file=path) for name, path in self.headers_file.items()}
+        sources.update({name: SecretSource(env=env) for name, env in self.headers_env.items()})
+        return sources
+
+
 @attrs.frozen(kw_only=True)
 class IngressConfig:
     mediastream: MediaStreamIngressConfig = attrs.field(factory=MediaStreamIngressConfig)
@@ -634,14 +959,34 @@ class Config:
     call: CallConfig = attrs.field(factory=CallConfig)
     records: RecordsConfig = attrs.field(factory=RecordsConfig)
     ingress: IngressConfig = attrs.field(factory=IngressConfig)
+    tools: tuple[ToolConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    precall_hook: PrecallHookConfig = attrs.field(factory=PrecallHookConfig)
 
     def _problems(self) -> Iterator[tuple[str, str]]:
-        if self.session.temperature is not None and self.model.dialect is Dialect.GA:
-            yield (
-                "session.temperature",
-                "temperature is not part of the GA protocol; remove it, or use "
-                'model.dialect = "beta" with a provider that speaks beta',
-            )
+        sessions = [("session", self.session)] + [
+            (f"routes[{index}].session", route.session) for index, route in enumerate(self.routes)
+        ]
+        for where, session in sessions:
+            if session.temperature is not None and self.model.dialect is Dialect.GA:
+                yield (
+                    f"{where}.temperature",
+                    "temperature is not part of the GA protocol; remove it, or use "
+                    'model.dialect = "beta" with a provider that speaks beta',
+                )
+        seen: set[str] = set()
+        for index, tool in enumerate(self.tools):
+            if tool.name in seen:
+                yield f"tools[{index}].name", f"a second tool named {tool.name!r}"
+            seen.add(tool.name)
+        route_names: set[str] = set()
+        for index, route in enumerate(self.routes):
+            if route.name in route_names:
+                yield f"routes[{index}].name", f"a second route named {route.name!r}"
+            route_names.add(route.name)
+            for name in route.tools or ():
+                if name not in seen:
+                    yield f"routes[{index}].tools", f"{name!r} is not the name of a [[tools]] entry"
 
 
 # Keys that look like a secret written inline; they get a pointer to the *_env/*_file keys.
@@ -660,11 +1005,51 @@ def default_config() -> Config:
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Structure and validate a parsed TOML document; ConfigError lists every problem."""
     try:
-        return _converter.structure(data, Config)
+        return _converter.structure(_with_route_sessions(data), Config)
     except ClassValidationError as exc:
-        raise ConfigError(_messages(exc, "$")) from None
+        raise ConfigError(_without_inherited(_messages(exc, "$"))) from None
     except _Invalid as exc:
         raise ConfigError([f"{exc} @ $"]) from None
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        below = merged.get(key)
+        if isinstance(below, dict) and isinstance(value, dict):
+            merged[key] = _merged(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_route_sessions(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Each route's `session` table laid over `[session]`: a route says only what differs."""
+    routes = data.get("routes")
+    base = data.get("session", {})
+    if not isinstance(routes, list) or not isinstance(base, dict):
+        return data
+    merged_routes = []
+    for route in routes:
+        if isinstance(route, dict) and isinstance(route.get("session", {}), dict):
+            route = {**route, "session": _merged(base, route.get("session", {}))}
+        merged_routes.append(route)
+    return {**data, "routes": merged_routes}
+
+
+_ROUTE_SESSION_PATH = re.compile(r"(.*) @ \$\.routes\[\d+\]\.session(.*)")
+
+
+def _without_inherited(messages: list[str]) -> list[str]:
+    """Drop a route's copy of a problem that `[session]` itself has (it inherited the key)."""
+    present = set(messages)
+    kept = []
+    for message in messages:
+        match = _ROUTE_SESSION_PATH.fullmatch(message)
+        if match and f"{match[1]} @ $.session{match[2]}" in present:
+            continue
+        kept.append(message)
+    return kept
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:

@@ -63,6 +63,9 @@ def setup_logging(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The HTTP client logs each request's full URL at INFO; a URL may carry a token.
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class CallLogger(logging.LoggerAdapter[logging.Logger]):

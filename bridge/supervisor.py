@@ -19,19 +19,24 @@ from typing import Any
 
 import trio
 
-from bridge.adapters.leg import AgentLeg, TelephonyLeg
+from bridge.adapters.leg import AgentLeg, TelephonyLeg, ToolLeg
 from bridge.agent.errors import AgentLegFailed
-from bridge.call.bridge import CallBridge, CallBridgeSettings, Command
+from bridge.call.bridge import CallBridge, CallBridgeSettings, Command, Event
+from bridge.call.context import CallInfo
 from bridge.call.events import (
     AgentCommand,
     AgentEnded,
-    AgentEvent,
+    CancelTool,
     EndReason,
+    RunTool,
     SendAudio,
     TelephonyCommand,
     TelephonyEnded,
-    TelephonyEvent,
+    ToolCommand,
+    ToolFinished,
+    ToolOutcome,
 )
+from bridge.call.tools import error_output
 from bridge.logs import CallLogger
 
 RecordWriter = Callable[[dict[str, Any]], Awaitable[None]]
@@ -51,18 +56,22 @@ async def run_call(
     *,
     settings: CallBridgeSettings,
     log: CallLogger,
+    info: CallInfo | None = None,
+    tools: ToolLeg | None = None,
     write_record: RecordWriter | None = None,
     wallclock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> dict[str, Any]:
     """Run one call to its end and return its record (also handed to `write_record`)."""
     started_wall = wallclock()
-    bridge = CallBridge(info=leg.info, settings=settings, now=trio.current_time())
+    # `info` is the call as its profile saw it (with the pre-call hook's variables).
+    info = info or leg.info
+    bridge = CallBridge(info=info, settings=settings, now=trio.current_time())
     log.info(
         "call started",
         extra={"ingress": leg.info.ingress, "codec": leg.info.codec.value, **leg.info.external_ids},
     )
     try:
-        await _relay(bridge, leg, agent, log)
+        await _relay(bridge, leg, agent, tools, log)
     except* Exception as group:
         log.error("call failed", exc_info=group)
         bridge.end(EndReason.INTERNAL_ERROR, repr(group.exceptions[0]), trio.current_time())
@@ -88,10 +97,17 @@ async def run_call(
     return record
 
 
-async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: CallLogger) -> None:
-    inbox_send, inbox = trio.open_memory_channel[TelephonyEvent | AgentEvent](INBOX_SIZE)
+async def _relay(
+    bridge: CallBridge,
+    leg: TelephonyLeg,
+    agent: AgentLeg,
+    tools: ToolLeg | None,
+    log: CallLogger,
+) -> None:
+    inbox_send, inbox = trio.open_memory_channel[Event](INBOX_SIZE)
     to_tel_send, to_tel = trio.open_memory_channel[TelephonyCommand](LEG_COMMANDS_SIZE)
     to_agent_send, to_agent = trio.open_memory_channel[AgentCommand](LEG_COMMANDS_SIZE)
+    to_tools_send, to_tools = trio.open_memory_channel[ToolCommand](LEG_COMMANDS_SIZE)
 
     async def dispatch(commands: list[Command]) -> None:
         for command in commands:
@@ -103,6 +119,20 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
                     bridge.caller_audio_dropped(len(command.payload))
             elif isinstance(command, TelephonyCommand):
                 await to_tel_send.send(command)
+            elif isinstance(command, RunTool | CancelTool):
+                if tools is not None:
+                    await to_tools_send.send(command)
+                elif isinstance(command, RunTool):
+                    message = "no tool runner is available for this call"
+                    _report(
+                        inbox_send,
+                        ToolFinished(
+                            command.call_id,
+                            ToolOutcome.ERROR,
+                            error_output(ToolOutcome.ERROR, message),
+                            message,
+                        ),
+                    )
             else:
                 await to_agent_send.send(command)
 
@@ -114,7 +144,7 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
         async with agent_events:
             with connecting:
                 try:
-                    await agent(leg.info, agent_events, to_agent)
+                    await agent(bridge.info, agent_events, to_agent)
                 except AgentLegFailed as failure:
                     log.warning(
                         "model session failed",
@@ -129,11 +159,19 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
             await leg.run(inbox_send, to_tel)
             _report(inbox_send, TelephonyEnded(EndReason.TELEPHONY_ERROR, "the phone leg ended"))
 
+    tool_events = inbox_send.clone()
+
+    async def run_tools() -> None:
+        async with tool_events:
+            if tools is not None:
+                await tools(to_tools, tool_events)
+
     async with trio.open_nursery() as nursery:
         # Both legs start at once: a caller who hangs up while the model is still connecting is
         # heard at once, and caller audio waits in the agent's command channel until it is ready.
         nursery.start_soon(run_telephony)
         nursery.start_soon(run_agent)
+        nursery.start_soon(run_tools)
 
         while not bridge.ended:
             commands: list[Command] = []
@@ -163,6 +201,7 @@ async def _relay(bridge: CallBridge, leg: TelephonyLeg, agent: AgentLeg, log: Ca
             connecting.cancel()
         to_tel_send.close()
         to_agent_send.close()
+        to_tools_send.close()
         nursery.start_soon(_drain_into_record, inbox, bridge)
         nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE_S
     if dropped := bridge.statistics().dropped_caller_bytes:
@@ -183,15 +222,13 @@ def _coalesce_audio(commands: list[Command]) -> list[Command]:
     return joined
 
 
-def _report(channel: trio.MemorySendChannel[Any], event: TelephonyEvent | AgentEvent) -> None:
+def _report(channel: trio.MemorySendChannel[Any], event: Event) -> None:
     """Tell the control loop a leg is gone; it ignores this when the call has already ended."""
     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
         channel.send_nowait(event)
 
 
-async def _drain_into_record(
-    inbox: trio.MemoryReceiveChannel[TelephonyEvent | AgentEvent], bridge: CallBridge
-) -> None:
+async def _drain_into_record(inbox: trio.MemoryReceiveChannel[Event], bridge: CallBridge) -> None:
     async for event in inbox:
         bridge.handle(event, trio.current_time())
 

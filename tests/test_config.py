@@ -27,9 +27,11 @@ from bridge.config import (
     NoiseReductionType,
     OutputModality,
     Provider,
+    RouteConfig,
     ServiceConfig,
     SipTransport,
     ToolChoice,
+    ToolConfig,
     TurnDetectionType,
     Voice,
     check_config_main,
@@ -206,16 +208,22 @@ def test_effective_url() -> None:
 # ------------------------------------------------------------------------------ example configs
 
 
+# Arrays of tables are empty by default; bridge.toml shows a commented example of each.
+TABLE_ARRAYS = {"tools", "routes"}
+
+
 def test_bridge_toml_is_the_default_and_spells_out_every_key() -> None:
     assert load_config(CONFIG_DIR / "bridge.toml") == default_config()
     with open(CONFIG_DIR / "bridge.toml", "rb") as file:
         written = _key_paths(tomllib.load(file))
     # Optional keys without a default appear as comments only.
     optional = {key for key in all_key_paths() if _default_of(key) is None}
-    assert written == all_key_paths() - optional
+    assert written == all_key_paths() - optional - TABLE_ARRAYS
     text = (CONFIG_DIR / "bridge.toml").read_text()
     for key in optional:
         assert re.search(rf"^# {key.rsplit('.', 1)[1]} = ", text, re.MULTILINE), key
+    for key in TABLE_ARRAYS:
+        assert re.search(rf"^# \[\[{key}\]\]", text, re.MULTILINE), key
 
 
 def test_openai_example() -> None:
@@ -285,15 +293,20 @@ def test_sip_wildcard_host_with_advertised_address() -> None:
 
 def test_docs_describe_every_key() -> None:
     docs = (ROOT / "docs" / "configuration.md").read_text()
-    for key in sorted(all_key_paths()):
+    for key in sorted(all_key_paths() - TABLE_ARRAYS):
         section, name = key.rsplit(".", 1)
         assert f"[{section}]" in docs, section
         assert f"`{name}`" in docs, key
+    for table_array, cls in (("tools", ToolConfig), ("routes", RouteConfig)):
+        assert f"[[{table_array}]]" in docs, table_array
+        for field in attrs.fields(cls):
+            assert f"`{field.name}`" in docs, f"{table_array}.{field.name}"
 
 
 def all_key_paths(cls: type[Any] = Config, prefix: str = "") -> set[str]:
     """Every TOML key the config accepts, as dotted paths ("session.turn_detection.type")."""
     keys = set()
+    attrs.resolve_types(cls)
     for field in attrs.fields(cls):
         path = f"{prefix}{field.name}"
         if attrs.has(field.type) and field.type is not SecretSource:
@@ -308,7 +321,7 @@ def all_key_paths(cls: type[Any] = Config, prefix: str = "") -> set[str]:
 def _key_paths(table: dict[str, Any], prefix: str = "") -> set[str]:
     keys = set()
     for key, value in table.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             keys |= _key_paths(value, f"{prefix}{key}.")
         else:
             keys.add(f"{prefix}{key}")

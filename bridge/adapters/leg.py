@@ -4,7 +4,8 @@ A telephony leg (media-stream websocket today; SIP/RTP and Asterisk later) is an
 its call and runs until the call's telephony side is gone. An agent leg (the Realtime protocol
 today; GPT-Live later) is a function that connects, reports `started()` once the model confirmed
 the call's audio formats, and then runs until the model side is gone. Both report with
-:mod:`bridge.call.events` and obey its commands; neither sees the other.
+:mod:`bridge.call.events` and obey its commands; neither sees the other. The tool leg (the
+call's tool runner) is the third party of a call, spoken to in the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Protocol
 import trio
 
 from bridge.call.context import CallInfo
-from bridge.call.events import AgentCommand, AgentEvent, TelephonyCommand, TelephonyEvent
+from bridge.call.events import (
+    AgentCommand,
+    AgentEvent,
+    TelephonyCommand,
+    TelephonyEvent,
+    ToolCommand,
+    ToolEvent,
+)
 
 
 class TelephonyLeg(Protocol):
@@ -39,3 +47,12 @@ class AgentLeg(Protocol):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Connect; `started()` once ready; raise AgentLegFailed if it never gets ready."""
+
+
+class ToolLeg(Protocol):
+    async def __call__(
+        self,
+        commands: trio.MemoryReceiveChannel[ToolCommand],
+        events: trio.MemorySendChannel[ToolEvent],
+    ) -> None:
+        """Run tools as commanded until the commands end; answer each RunTool with ToolFinished."""

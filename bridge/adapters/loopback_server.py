@@ -5,7 +5,8 @@ A thin trio shell (DESIGN.md rule 1) around :class:`bridge.agent.loopback.Loopba
 §1.2), answers other paths with HTTP 404, and runs one model core per connection. Authorization is
 accepted whatever it is (the server is local) and never logged. In the GA dialect a handshake that
 carries ``OpenAI-Beta`` gets what the real service sends since May 2026: an ``error`` event
-``beta_api_shape_disabled`` and close code 4000.
+``beta_api_shape_disabled`` and close code 4000. A script of :class:`ScriptedToolCall` entries
+makes every session it serves call functions (realtime-api.md §4.2).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import logging
 import time
 import urllib.parse
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -26,6 +28,7 @@ from bridge.agent.loopback import (
     Dialect,
     LoopbackModel,
     LoopbackStatistics,
+    ScriptedToolCall,
 )
 
 log = logging.getLogger("bridge.loopback")
@@ -92,9 +95,12 @@ async def serve_loopback_model(
     port: int = 0,
     dialect: str = "ga",
     generation_speed: float = DEFAULT_GENERATION_SPEED,
+    script: Sequence[ScriptedToolCall] = (),
     task_status: trio.TaskStatus[LoopbackServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the loopback model until cancelled; `started()` reports the bound port."""
+    """Serve the loopback model until cancelled; `started()` reports the bound port.
+
+    Every session follows `script` (see :class:`ScriptedToolCall`)."""
     model_dialect = Dialect(dialect)
     registry = LoopbackRegistry()
     handler = functools.partial(
@@ -102,6 +108,7 @@ async def serve_loopback_model(
         registry=registry,
         dialect=model_dialect,
         generation_speed=generation_speed,
+        script=tuple(script),
     )
     async with trio.open_nursery() as nursery:
         websocket_server = await nursery.start(
@@ -115,7 +122,10 @@ async def serve_loopback_model(
             )
         )
         server = LoopbackServer(host=host, port=websocket_server.port, registry=registry)
-        log.info("loopback model listening", extra={"url": server.url, "dialect": dialect})
+        log.info(
+            "loopback model listening",
+            extra={"url": server.url, "dialect": dialect, "scripted_calls": len(script)},
+        )
         task_status.started(server)
 
 
@@ -125,6 +135,7 @@ async def _handle_request(
     registry: LoopbackRegistry,
     dialect: Dialect,
     generation_speed: float,
+    script: tuple[ScriptedToolCall, ...],
 ) -> None:
     target = urllib.parse.urlsplit(request.path)
     if not target.path.endswith(REALTIME_PATH_SUFFIX):
@@ -143,6 +154,7 @@ async def _handle_request(
         expires_at=int(time.time()) + SESSION_SECONDS,
         generation_speed=generation_speed,
         beta_handshake=beta_handshake,
+        script=script,
     )
     websocket = await request.accept()
     registry.connection_opened(model)

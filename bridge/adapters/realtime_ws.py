@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 import math
 import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import trio
 
@@ -101,6 +103,7 @@ async def run_realtime_leg(
     call: CallInfo,
     api_key: str | None,
     url: str,
+    tools: Sequence[Mapping[str, Any]] = (),
     events: trio.MemorySendChannel[AgentEvent],
     commands: trio.MemoryReceiveChannel[AgentCommand],
     log: logging.LoggerAdapter[logging.Logger] | logging.Logger,
@@ -110,7 +113,9 @@ async def run_realtime_leg(
     dialect = model.dialect
     core = RealtimeSession(
         dialect=dialect,
-        session_update=build_session_update(session, call, dialect=dialect, model=model.model),
+        session_update=build_session_update(
+            session, call, dialect=dialect, model=model.model, tools=tools
+        ),
         expected_formats=expected_formats(session, call, dialect=dialect),
         session_timeout_s=model.session_timeout_s,
         now=trio.current_time(),

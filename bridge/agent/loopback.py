@@ -48,6 +48,20 @@ own turn audio (the committed item, transcoded to the output format), transcribe
 word of its instructions (400-800 Hz; a 1 s tone without instructions), transcribed as the
 instructions themselves, or as the last user text item without them.
 
+Function calls (§4) are scripted: each :class:`ScriptedToolCall` names a trigger, a user text item
+equal to the keypad message for some digits (``bridge.call.events.dtmf_message``) or containing a
+phrase. A response started without instructions (client ``response.create``, or a turn-detection
+reply) whose newest user text item since the previous response matches an entry speaks the entry's
+``say`` as above and then makes the call: ``response.output_item.added`` (``function_call``,
+``in_progress``), ``conversation.item.added`` (beta: ``.created``), the arguments in
+``response.function_call_arguments.delta`` pieces and ``.done``, ``response.output_item.done``,
+``conversation.item.done`` (GA only) and ``response.done`` listing both items. The call comes after
+the last audio delta, when the spoken part is due to end; a response cancelled before then never
+makes it. ``tool_choice: "none"`` (of the response, else of the session) suppresses calls. A
+``function_call_output`` must answer a function call in the conversation, and the next
+``response.create`` without instructions answers the outputs added since the previous response,
+"Tool <name> returned: <output>" (one beep per word).
+
 Everything outbound is built here as plain JSON; the daemon's own Realtime codec
 (``bridge.proto.realtime``) is the client side and parses these events, so sharing its classes
 would let a bug hide on both sides at once.
@@ -66,12 +80,12 @@ import random
 import string
 import sys
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import attrs
 
-from bridge.call.events import Codec
+from bridge.call.events import Codec, dtmf_message
 from bridge.media import g711
 
 JsonObject = dict[str, Any]
@@ -99,6 +113,8 @@ _ID_ALPHABET: Final = string.ascii_letters + string.digits
 _TONE_AMPLITUDE: Final = 8000
 _WORD_BEEP_MS: Final = 200
 _WORD_GAP_MS: Final = 50
+# The service streams function arguments in token-sized pieces; a fixed width keeps replies exact.
+_ARGUMENTS_DELTA_CHARS: Final = 16
 _PCM_RATE: Final = 24000
 _G711_TO_PCM_RATIO: Final = _PCM_RATE // g711.SAMPLE_RATE
 
@@ -315,6 +331,53 @@ class SessionSettings:
     instructions: str
 
 
+@attrs.frozen(kw_only=True)
+class ScriptedToolCall:
+    """A function call the loopback model makes when a user text item triggers it.
+
+    A response started without instructions (a client ``response.create`` or a turn-detection
+    reply) looks at the newest user text item added since the previous response: an entry whose
+    `dtmf` gives exactly that text through :func:`bridge.call.events.dtmf_message`, or whose
+    `user_text` is a substring of it, makes the response say `say` (one beep per word; no
+    message when empty) and then call `name` with `arguments`. `arguments` is sent as written,
+    so a script may send text that is not JSON to exercise a client's error path.
+    """
+
+    name: str
+    arguments: str = "{}"
+    say: str = ""
+    dtmf: str = ""
+    user_text: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a scripted tool call needs a function name")
+        if not self.dtmf and not self.user_text:
+            raise ValueError(f"scripted call of {self.name!r} needs a trigger: dtmf or user_text")
+
+    def triggered_by(self, text: str) -> bool:
+        if self.dtmf and text == dtmf_message(self.dtmf):
+            return True
+        return bool(self.user_text) and self.user_text in text
+
+
+@attrs.frozen
+class FunctionCallMade:
+    """A function call the model completed (its ``response.function_call_arguments.done``)."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
+class FunctionOutputReceived:
+    """A ``function_call_output`` item the client added for one of the model's calls."""
+
+    call_id: str
+    output: str
+
+
 @attrs.frozen
 class LoopbackStatistics:
     """What one connection's model saw and did; tests and the bench read it."""
@@ -337,6 +400,8 @@ class LoopbackStatistics:
     error_codes: list[str]
     user_texts: list[str]
     closed_by_model: bool
+    function_calls: list[FunctionCallMade]
+    function_outputs: list[FunctionOutputReceived]
 
 
 @attrs.define
@@ -353,18 +418,24 @@ class _Item:
 
 @attrs.frozen
 class _ResponsePlan:
-    """What a response will say, fixed when it is triggered."""
+    """What a response will say and do, fixed when it is triggered.
+
+    `message` false: the response has no assistant message, only the function call.
+    """
 
     transcript: str
     audio: bytes | None
+    text_only: bool
     instructions: str | None = None
     metadata: Any = None
+    message: bool = True
+    tool_call: ScriptedToolCall | None = None
 
 
 @attrs.define
 class _Response:
     id: str
-    item: _Item
+    item: _Item | None
     plan: _ResponsePlan
     started_at: float
     chunks: list[bytes]
@@ -1166,10 +1237,12 @@ class LoopbackModel:
         expires_at: int = 0,
         generation_speed: float = DEFAULT_GENERATION_SPEED,
         beta_handshake: bool = False,
+        script: Sequence[ScriptedToolCall] = (),
     ) -> None:
         if not generation_speed > 0:
             raise ValueError("generation_speed must be positive")
         self._session_id = session_id
+        self._script = tuple(script)
         # Seeded from the session id by default: ids stay reproducible without an injected rng.
         self._rng = rng if rng is not None else random.Random(session_id)
         self._dialect = Dialect(dialect)
@@ -1198,6 +1271,10 @@ class LoopbackModel:
         self._items_by_id: dict[str, _Item] = {}
         self._active: _Response | None = None
         self._queued: list[_ResponsePlan] = []
+        # What arrived since the previous response was triggered: the newest user text item (a
+        # scripted call's trigger) and the function outputs (answered by the next response).
+        self._trigger_item_id: str | None = None
+        self._output_item_ids: list[str] = []
         self._idle_deadline = math.inf
         self._assistant_audio_produced = False
 
@@ -1213,6 +1290,8 @@ class LoopbackModel:
         self._truncations: list[tuple[str, int]] = []
         self._error_codes: list[str] = []
         self._user_texts: list[str] = []
+        self._function_calls: list[FunctionCallMade] = []
+        self._function_outputs: list[FunctionOutputReceived] = []
 
         if beta_handshake and self._dialect is Dialect.GA:
             # What api.openai.com does since May 2026 to a client sending OpenAI-Beta (§0 item 1).
@@ -1307,6 +1386,8 @@ class LoopbackModel:
             error_codes=list(self._error_codes),
             user_texts=list(self._user_texts),
             closed_by_model=self._close_requested is not None,
+            function_calls=list(self._function_calls),
+            function_outputs=list(self._function_outputs),
         )
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -1628,10 +1709,13 @@ class LoopbackModel:
             },
         )
         self._commit(item_id, self._position(), self._position())
+        self._take_arrivals()
         output_format = self._settings.output_format
+        text_only = self._settings.text_only
         plan = _ResponsePlan(
             transcript=IDLE_TRANSCRIPT,
-            audio=None if self._settings.text_only else word_beeps(output_format, IDLE_TRANSCRIPT),
+            audio=None if text_only else word_beeps(output_format, IDLE_TRANSCRIPT),
+            text_only=text_only,
         )
         self._request_response(plan, now)
 
@@ -1697,12 +1781,21 @@ class LoopbackModel:
             call_id, output = item.get("call_id"), item.get("output")
             if not isinstance(call_id, str) or not isinstance(output, str):
                 raise _invalid_type("item", "an object with string 'call_id' and 'output'")
+            if self._function_call_item(call_id) is None:
+                # The service checks that a function_call item with this call_id is in the
+                # conversation (openai-python ConversationItem.call_id); wording as /v1/responses.
+                raise _invalid_value(
+                    "item.call_id",
+                    f"No tool call found for function call output with call_id {call_id}.",
+                )
             wire.update({"status": "completed", "call_id": call_id, "output": output})
+            text = output
         elif kind == "function_call":
             fields = {key: item.get(key) for key in ("call_id", "name", "arguments")}
             if not all(isinstance(value, str) for value in fields.values()):
                 raise _invalid_type("item", "an object with string 'call_id', 'name', 'arguments'")
             wire.update({"status": "completed", **fields})
+            text = str(fields["arguments"])
         else:
             raise _invalid_value(
                 "item.type",
@@ -1711,7 +1804,20 @@ class LoopbackModel:
             )
         if role == "user" and text:
             self._user_texts.append(text)
+            self._trigger_item_id = item_id
+        if kind == "function_call_output":
+            self._function_outputs.append(
+                FunctionOutputReceived(call_id=wire["call_id"], output=text)
+            )
+            self._output_item_ids.append(item_id)
         self._add_item(_Item(id=item_id, wire=wire, role=role, text=text), previous)
+
+    def _function_call_item(self, call_id: str) -> _Item | None:
+        """The conversation's function call with `call_id`, whoever created it."""
+        for item in self._items:
+            if item.wire["type"] == "function_call" and item.wire.get("call_id") == call_id:
+                return item
+        return None
 
     def _message_content(self, role: str, content: list[Any]) -> tuple[str, list[JsonObject]]:
         """The message's text and its content parts, checked as the item events will echo them."""
@@ -1792,12 +1898,59 @@ class LoopbackModel:
     # ---- responses --------------------------------------------------------------------------
 
     def _turn_reply(self, item: _Item, audio: bytes) -> _ResponsePlan:
-        """The reply to a caller turn: the turn's own audio, in the output format."""
+        """The reply to a caller turn: a scripted call, else the turn's own audio."""
+        trigger_text, _ = self._take_arrivals()
+        text_only = self._settings.text_only
+        scripted = self._scripted_call(trigger_text, self._session["tool_choice"])
+        if scripted is not None:
+            return self._scripted_plan(scripted, text_only=text_only, metadata=None)
         transcript = f"You said [{item.audio_ms / 1000:.2f} s of audio]."
-        if self._settings.text_only:
-            return _ResponsePlan(transcript=transcript, audio=None)
+        if text_only:
+            return _ResponsePlan(transcript=transcript, audio=None, text_only=True)
         reply = convert_audio(self._settings.input_format, self._settings.output_format, audio)
-        return _ResponsePlan(transcript=transcript, audio=reply)
+        return _ResponsePlan(transcript=transcript, audio=reply, text_only=False)
+
+    def _take_arrivals(self) -> tuple[str, list[tuple[str, str]]]:
+        """What arrived since the previous response: the newest user text and the function outputs.
+
+        Both are taken, so the next response starts afresh. Items deleted meanwhile are gone.
+        ``(name, output)`` per output; the name is that of the function call it answers.
+        """
+        trigger = self._items_by_id.get(self._trigger_item_id or "")
+        output_items = [self._items_by_id.get(item_id) for item_id in self._output_item_ids]
+        self._trigger_item_id = None
+        self._output_item_ids = []
+        outputs = []
+        for output_item in output_items:
+            if output_item is None:
+                continue
+            call = self._function_call_item(output_item.wire["call_id"])
+            name = "" if call is None else str(call.wire["name"])
+            outputs.append((name, output_item.text))
+        return ("" if trigger is None else trigger.text), outputs
+
+    def _scripted_call(self, trigger_text: str, tool_choice: Any) -> ScriptedToolCall | None:
+        if not trigger_text or tool_choice == "none":
+            return None
+        return next((entry for entry in self._script if entry.triggered_by(trigger_text)), None)
+
+    def _scripted_plan(
+        self, scripted: ScriptedToolCall, *, text_only: bool, metadata: Any
+    ) -> _ResponsePlan:
+        speaks = bool(scripted.say)
+        audio = (
+            None
+            if text_only or not speaks
+            else word_beeps(self._settings.output_format, scripted.say)
+        )
+        return _ResponsePlan(
+            transcript=scripted.say,
+            audio=audio,
+            text_only=text_only,
+            metadata=metadata,
+            message=speaks,
+            tool_call=scripted,
+        )
 
     def _request_response(self, plan: _ResponsePlan, now: float) -> None:
         if self._active is None:
@@ -1824,23 +1977,42 @@ class LoopbackModel:
                 f"Invalid value: {modalities!r}. Supported values are ['audio'] or ['text'].",
             )
         text_only = self._settings.text_only if modalities is None else "audio" not in modalities
-        if instructions:
-            transcript = instructions
-        else:
-            user_texts = [item.text for item in self._items if item.role == "user" and item.text]
-            transcript = user_texts[-1] if user_texts else FALLBACK_TRANSCRIPT
-        audio = None if text_only else word_beeps(self._settings.output_format, instructions)
         metadata = params.get("metadata")
         if metadata is not None and (
             not isinstance(metadata, dict)
             or not all(isinstance(value, str) for value in metadata.values())
         ):
             raise _invalid_type("response.metadata", "an object of string values")
+        metadata = copy.deepcopy(metadata)
+        if "tool_choice" in params:
+            tool_choice = _check_tool_choice(
+                params["tool_choice"], "response.tool_choice", dialect=self._dialect
+            )
+        else:
+            tool_choice = self._session["tool_choice"]
+        trigger_text, outputs = self._take_arrivals()
+        scripted = None if instructions else self._scripted_call(trigger_text, tool_choice)
+        output_format = self._settings.output_format
+        if instructions:
+            transcript = instructions
+            audio = None if text_only else word_beeps(output_format, instructions)
+        elif outputs:
+            # A tool's result is answered first: that is what the client asked the model about.
+            transcript = " ".join(f"Tool {name} returned: {output}" for name, output in outputs)
+            audio = None if text_only else word_beeps(output_format, transcript)
+        elif scripted is not None:
+            self._start(self._scripted_plan(scripted, text_only=text_only, metadata=metadata), now)
+            return
+        else:
+            user_texts = [item.text for item in self._items if item.role == "user" and item.text]
+            transcript = user_texts[-1] if user_texts else FALLBACK_TRANSCRIPT
+            audio = None if text_only else word_beeps(output_format, None)
         plan = _ResponsePlan(
             transcript=transcript,
             audio=audio,
+            text_only=text_only,
             instructions=instructions,
-            metadata=copy.deepcopy(metadata),
+            metadata=metadata,
         )
         self._start(plan, now)
 
@@ -1863,7 +2035,7 @@ class LoopbackModel:
 
     def _response_wire(self, response: _Response, status: str) -> JsonObject:
         output_format = self._settings.output_format
-        modalities = ["audio"] if response.plan.audio is not None else ["text"]
+        modalities = ["text"] if response.plan.text_only else ["audio"]
         if self._dialect is Dialect.GA:
             return {
                 "object": "realtime.response",
@@ -1890,7 +2062,7 @@ class LoopbackModel:
             "status_details": None,
             "output": [],
             "conversation_id": self._conversation_id,
-            "modalities": ["text", "audio"] if response.plan.audio is not None else ["text"],
+            "modalities": ["text"] if response.plan.text_only else ["text", "audio"],
             "output_audio_format": output_format.beta_name,
             "voice": _voice_name(self._settings.voice),
             "temperature": self._session.get("temperature", 0.8),
@@ -1906,18 +2078,20 @@ class LoopbackModel:
 
     def _start(self, plan: _ResponsePlan, now: float) -> None:
         self._idle_deadline = math.inf
-        item_id = self._new_id("item_")
-        wire = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "status": "in_progress",
-            "role": "assistant",
-            "content": [],
-        }
-        item = _Item(
-            id=item_id, wire=wire, role="assistant", assistant_audio=plan.audio is not None
-        )
+        item: _Item | None = None
+        wire: JsonObject = {}
+        if plan.message:
+            wire = {
+                "id": self._new_id("item_"),
+                "object": "realtime.item",
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
+            item = _Item(
+                id=wire["id"], wire=wire, role="assistant", assistant_audio=plan.audio is not None
+            )
         chunks: list[bytes] = []
         starts: list[int] = []
         total_ms = 0
@@ -1950,17 +2124,15 @@ class LoopbackModel:
                 ]
             },
         )
+        if item is None:
+            # Nothing to say: the function call is all the response has, and it is ready now.
+            self._finish(response, status="completed", reason=None, now=now)
+            return
         self._emit(
             "response.output_item.added",
             {"response_id": response.id, "output_index": 0, "item": copy.deepcopy(wire)},
         )
-        previous = self._items[-1].id if self._items else None
-        self._add_item(item, previous, announce=False)
-        added = {"previous_item_id": previous, "item": copy.deepcopy(wire)}
-        if self._dialect is Dialect.GA:
-            self._emit("conversation.item.added", added)
-        else:
-            self._emit("conversation.item.created", added)
+        self._add_generated_item(item)
         part = (
             {"type": "audio", "transcript": ""}
             if plan.audio is not None
@@ -1975,7 +2147,35 @@ class LoopbackModel:
             return
         self._release_due(response, now)
 
+    def _add_generated_item(self, item: _Item) -> None:
+        """A response's output item joins the conversation at its end, announced as it starts."""
+        previous = self._items[-1].id if self._items else None
+        self._add_item(item, previous, announce=False)
+        added = {"previous_item_id": previous, "item": copy.deepcopy(item.wire)}
+        if self._dialect is Dialect.GA:
+            self._emit("conversation.item.added", added)
+        else:
+            self._emit("conversation.item.created", added)
+
+    def _announce_item_done(self, response: _Response, item: _Item, output_index: int) -> None:
+        self._emit(
+            "response.output_item.done",
+            {
+                "response_id": response.id,
+                "output_index": output_index,
+                "item": copy.deepcopy(item.wire),
+            },
+        )
+        if self._dialect is Dialect.GA:
+            index = self._items.index(item)
+            previous = self._items[index - 1].id if index else None
+            self._emit(
+                "conversation.item.done",
+                {"previous_item_id": previous, "item": copy.deepcopy(item.wire)},
+            )
+
     def _part_ids(self, response: _Response) -> JsonObject:
+        assert response.item is not None, "only a response with a message has content parts"
         return {
             "response_id": response.id,
             "item_id": response.item.id,
@@ -1990,6 +2190,7 @@ class LoopbackModel:
         while response.released < len(response.chunks) and now >= self._due(
             response, response.chunk_starts_ms[response.released]
         ):
+            assert response.item is not None, "only a response with a message has audio"
             chunk = response.chunks[response.released]
             self._emit(
                 "response.output_audio.delta",
@@ -2010,7 +2211,8 @@ class LoopbackModel:
         ):
             self._finish(response, status="completed", reason=None, now=now)
 
-    def _finish(self, response: _Response, *, status: str, reason: str | None, now: float) -> None:
+    def _finish_message(self, response: _Response, item: _Item, status: str) -> str:
+        """End the response's message item; returns what it actually said."""
         ids = self._part_ids(response)
         plan = response.plan
         # What was actually said: a cancelled response keeps its transcript only if it spoke.
@@ -2025,27 +2227,74 @@ class LoopbackModel:
             part = {"type": "text", "text": spoken}
             content = {"type": self._content_type(False), "text": spoken}
         self._emit("response.content_part.done", {**ids, "part": part})
-        item = response.item
         item.text = spoken
         item.wire.update(
             {"status": "completed" if status == "completed" else "incomplete", "content": [content]}
         )
+        self._announce_item_done(response, item, 0)
+        return spoken
+
+    def _call_function(
+        self, response: _Response, scripted: ScriptedToolCall, output_index: int
+    ) -> _Item:
+        """Stream a complete function call item, as the service does once the model wrote it.
+
+        Only a response that was not cancelled gets here: a call cut short is never made.
+        """
+        call_id = self._new_id("call_")
+        wire: JsonObject = {
+            "id": self._new_id("item_"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": scripted.name,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        item = _Item(id=wire["id"], wire=wire, role=None)
+        ids = {"response_id": response.id, "item_id": item.id, "output_index": output_index}
         self._emit(
-            "response.output_item.done",
-            {"response_id": response.id, "output_index": 0, "item": copy.deepcopy(item.wire)},
+            "response.output_item.added",
+            {"response_id": response.id, "output_index": output_index, "item": copy.deepcopy(wire)},
         )
-        if self._dialect is Dialect.GA:
-            index = self._items.index(item)
-            previous = self._items[index - 1].id if index else None
+        self._add_generated_item(item)
+        arguments = scripted.arguments
+        # An empty argument string still streams once, so a client always sees a delta.
+        for offset in range(0, max(len(arguments), 1), _ARGUMENTS_DELTA_CHARS):
+            delta = arguments[offset : offset + _ARGUMENTS_DELTA_CHARS]
             self._emit(
-                "conversation.item.done",
-                {"previous_item_id": previous, "item": copy.deepcopy(item.wire)},
+                "response.function_call_arguments.delta",
+                {**ids, "call_id": call_id, "delta": delta},
             )
+        self._emit(
+            "response.function_call_arguments.done",
+            {**ids, "call_id": call_id, "name": scripted.name, "arguments": arguments},
+        )
+        item.text = arguments
+        wire.update({"status": "completed", "arguments": arguments})
+        self._announce_item_done(response, item, output_index)
+        self._function_calls.append(
+            FunctionCallMade(call_id=call_id, name=scripted.name, arguments=arguments)
+        )
+        return item
+
+    def _finish(self, response: _Response, *, status: str, reason: str | None, now: float) -> None:
+        plan = response.plan
+        output: list[JsonObject] = []
+        spoken = ""
+        if response.item is not None:
+            spoken = self._finish_message(response, response.item, status)
+            output.append(copy.deepcopy(response.item.wire))
+        arguments = ""
+        if status == "completed" and plan.tool_call is not None:
+            call = self._call_function(response, plan.tool_call, len(output))
+            output.append(copy.deepcopy(call.wire))
+            arguments = call.text
         wire = self._response_wire(response, status)
         if reason is not None:
             wire["status_details"] = {"type": status, "reason": reason}
-        wire["output"] = [copy.deepcopy(item.wire)]
-        wire["usage"] = self._usage(response, spoken)
+        wire["output"] = output
+        wire["usage"] = self._usage(response, spoken, arguments)
         self._emit("response.done", {"response": wire})
         self._active = None
         if status == "completed":
@@ -2056,10 +2305,10 @@ class LoopbackModel:
         if self._queued:
             self._start(self._queued.pop(0), now)
 
-    def _usage(self, response: _Response, spoken: str) -> JsonObject:
+    def _usage(self, response: _Response, spoken: str, arguments: str) -> JsonObject:
         input_text, input_audio = response.input_usage
         output_audio = -(-response.released_ms // OUTPUT_AUDIO_MS_PER_TOKEN)
-        output_text = _text_tokens(spoken)
+        output_text = _text_tokens(spoken) + _text_tokens(arguments)
         input_tokens = input_text + input_audio
         output_tokens = output_text + output_audio
         return {
@@ -2092,8 +2341,11 @@ class LoopbackModel:
 __all__ = [
     "AudioFormat",
     "Dialect",
+    "FunctionCallMade",
+    "FunctionOutputReceived",
     "LoopbackModel",
     "LoopbackStatistics",
+    "ScriptedToolCall",
     "SessionSettings",
     "TurnDetection",
     "convert_audio",

@@ -20,24 +20,53 @@ decided in one place.
   the model as one user message and a response is requested.
 * The call ends on the first end event from either side, or at the maximum duration; the first
   reason wins and the other leg is told to end.
+
+Tool calls (Realtime API guide "Function calling"; realtime-api.md §1.6). Each function call the
+model finishes becomes one tool call, keyed by its ``call_id`` and grouped with the others of the
+same response:
+
+* Operator tools (http, python) and the media-stream transfer hook are handed to the tool runner
+  (:class:`RunTool`); the bridge keeps each one's timeout itself and tells the runner to stop a
+  late one (:class:`CancelTool`), whose output becomes a timeout error.
+* ``send_dtmf`` goes to the telephony leg at once. ``end_call`` and ``transfer_call`` wait until
+  the response that asked for them is done and the caller has heard all of it (the leg's
+  :class:`AudioPlayed` reports), capped by the unheard audio's length plus a grace; then the call
+  hangs up (``agent_hangup``), or the transfer starts (SIP REFER, or the hook) and its
+  :class:`TransferResult` either ends the call (``transferred``) or is the tool's error output.
+* When the response is done and every call of it has a result, the results go to the model as
+  ``function_call_output`` items followed by exactly one ``response.create`` (the agent leg holds
+  it while another response is active). Bad JSON arguments, unknown tools, bad digits or targets
+  are error outputs at once; nothing a model sends raises. The calls of a response that was
+  cancelled (the caller barged in) or failed are not run to the end (realtime-api.md §8): what
+  is still running is cancelled, a pending hang-up or transfer is dropped, and the outputs go
+  back without a ``response.create``, since the caller is talking.
+* Holding: when a call of the batch has ``holding`` set and results are still missing after its
+  ``holding_after_s``, the caller hears either a short phrase the model is asked for (a response
+  that may not call tools) or the configured audio, looped until the results are in and then
+  cleared. Holding audio is local: barge-in clears it but never truncates anything on the model's
+  side.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from bridge.call import tools as toolkit
 from bridge.call.context import CallInfo
 from bridge.call.events import (
+    AddFunctionOutput,
     AddUserText,
     AgentAudio,
     AgentCommand,
     AgentEnded,
     AgentError,
     AgentEvent,
+    AgentFunctionCall,
     AgentReady,
     AgentResponseDone,
     AgentResponseStarted,
@@ -48,6 +77,8 @@ from bridge.call.events import (
     AudioPlayed,
     CallerAudio,
     CallerDtmf,
+    CancelTool,
+    Capability,
     ClearAudio,
     CloseAgent,
     Codec,
@@ -55,15 +86,34 @@ from bridge.call.events import (
     HangUp,
     PlayAudio,
     RequestResponse,
+    RunTool,
     SendAudio,
+    SendDtmf,
     TelephonyCommand,
     TelephonyEnded,
     TelephonyEvent,
+    ToolCommand,
+    ToolEvent,
+    ToolFinished,
+    ToolOutcome,
+    TransferCall,
+    TransferResult,
     TruncateItem,
+    dtmf_message,
 )
+from bridge.config import BuiltinTool, Holding, ToolConfig
 from bridge.media import g711
 
-Command = TelephonyCommand | AgentCommand
+Command = TelephonyCommand | AgentCommand | ToolCommand
+Event = TelephonyEvent | AgentEvent | ToolEvent
+
+# After end_call or transfer_call, the caller's side may take this much longer than the unheard
+# audio lasts to confirm it was played (media-stream marks come back over the network).
+PLAYOUT_GRACE_S = 3.0
+# How often a holding phrase that could not start (the model was still talking) is retried.
+HOLDING_RETRY_S = 0.25
+# The record keeps this much of each tool output.
+RECORDED_OUTPUT_CHARS = 2000
 
 
 @attrs.frozen(kw_only=True)
@@ -76,6 +126,9 @@ class CallBridgeSettings:
     max_duration_s: float = 3600.0
     greeting: str = ""
     barge_in: bool = True
+    # The tools this call offers, by name, and each audio-holding tool's audio in the call's codec.
+    tools: Mapping[str, ToolConfig] = attrs.field(factory=dict)
+    holding_audio: Mapping[str, bytes] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -96,6 +149,56 @@ class _ItemAudio:
     played: int = 0
     tail: bytes = b""
     truncated_ms: int | None = None
+    # Audio of our own (holding audio): the model knows nothing of it, so it is never truncated.
+    local: bool = False
+
+
+@attrs.define
+class _ToolCall:
+    """One function call of the model, from the call to its result."""
+
+    call_id: str
+    name: str
+    response_id: str
+    arguments_text: str
+    arguments: dict[str, Any] | None
+    started_at: float
+    deadline: float = math.inf
+    finished_at: float | None = None
+    outcome: ToolOutcome | None = None
+    output: str = ""
+    detail: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+
+@attrs.define
+class _Batch:
+    """The function calls of one response: their results go back together."""
+
+    response_id: str
+    call_ids: list[str] = attrs.Factory(list)
+    response_done: bool = False
+    delivered: bool = False
+    holding: ToolConfig | None = None
+    holding_at: float = math.inf
+    holding_item: str | None = None
+    # Its response was cancelled or failed: results are recorded, no new response is asked for.
+    abandoned: bool = False
+
+
+@attrs.define
+class _Handover:
+    """An end_call or transfer_call waiting for the caller to hear the rest of the reply."""
+
+    call: _ToolCall
+    builtin: BuiltinTool
+    target: str = ""
+    # When to go ahead even if the leg never confirms playout; set once the response is done.
+    deadline: float = math.inf
+    started: bool = False
 
 
 @attrs.frozen
@@ -110,6 +213,7 @@ class CallBridgeStatistics:
     dropped_caller_bytes: int
     model_errors: int
     dtmf_digits: int
+    tool_calls: int
 
 
 class CallBridge:
@@ -143,6 +247,11 @@ class CallBridge:
         self._truncations = 0
         self._responses = 0
         self._model_errors = 0
+        self._tool_calls: dict[str, _ToolCall] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._done_responses: set[str] = set()
+        self._handover: _Handover | None = None
+        self._hold_items = 0
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -161,13 +270,18 @@ class CallBridge:
     def next_deadline(self) -> float:
         if self.ended:
             return math.inf
-        return min(self._dtmf_deadline, self._max_duration_deadline)
+        deadlines = [self._dtmf_deadline, self._max_duration_deadline]
+        deadlines += [call.deadline for call in self._tool_calls.values() if not call.finished]
+        deadlines += [batch.holding_at for batch in self._batches.values() if not batch.delivered]
+        if self._handover is not None and not self._handover.started:
+            deadlines.append(self._handover.deadline)
+        return min(deadlines)
 
     def statistics(self) -> CallBridgeStatistics:
         return CallBridgeStatistics(
             caller_bytes=self._caller_bytes,
             model_bytes=self._model_bytes,
-            played_bytes=sum(item.played for item in self._items.values()),
+            played_bytes=sum(item.played for item in self._items.values() if not item.local),
             barge_ins=self._barge_ins,
             truncations=self._truncations,
             responses=self._responses,
@@ -175,12 +289,13 @@ class CallBridge:
             dropped_caller_bytes=self._dropped_caller_bytes,
             model_errors=self._model_errors,
             dtmf_digits=len(self.digits),
+            tool_calls=len(self._tool_calls),
         )
 
     # ---- inputs ----------------------------------------------------------------------------
 
-    def handle(self, event: TelephonyEvent | AgentEvent, now: float) -> list[Command]:
-        """Take one event from either leg; return the commands it calls for."""
+    def handle(self, event: Event, now: float) -> list[Command]:
+        """Take one event from either leg or the tool runner; return the commands it calls for."""
         if self.ended:
             self._record_late(event, now)
             return []
@@ -193,7 +308,13 @@ class CallBridge:
                 item = self._items.get(item_id)
                 if item is not None:
                     item.played = max(item.played, min(played, item.sent))
-                return []
+                return self._after_playout(now)
+            case AgentFunctionCall():
+                return self._function_call(event, now)
+            case ToolFinished(call_id=call_id, outcome=outcome, output=output, detail=detail):
+                return self._tool_finished(call_id, outcome, output, detail, now)
+            case TransferResult():
+                return self._transfer_result(event, now)
             case AgentSpeechStarted():
                 return self._speech_started()
             case CallerDtmf(digit=digit):
@@ -205,7 +326,7 @@ class CallBridge:
                 self._active_response = response_id
                 return []
             case AgentResponseDone():
-                return self._response_done(event)
+                return self._response_done(event, now)
             case AgentTranscript(role=role, item_id=item_id, text=text):
                 self.transcript.append(
                     TranscriptEntry(round(now - self.started_at, 3), role, item_id, text)
@@ -221,7 +342,7 @@ class CallBridge:
             case AgentEnded(reason=reason, detail=detail):
                 return self._end(reason, detail, now, close_agent=False)
 
-    def _record_late(self, event: TelephonyEvent | AgentEvent, now: float) -> None:
+    def _record_late(self, event: Event, now: float) -> None:
         """After the end, usage and transcripts still belong in the record."""
         match event:
             case AgentResponseDone(usage=usage):
@@ -237,9 +358,19 @@ class CallBridge:
             return []
         if now >= self._max_duration_deadline:
             return self._end(EndReason.MAX_DURATION, "maximum call duration reached", now)
+        commands: list[Command] = []
         if now >= self._dtmf_deadline:
-            return self._flush_digits()
-        return []
+            commands += self._flush_digits()
+        for call in list(self._tool_calls.values()):
+            if not call.finished and now >= call.deadline:
+                commands += self._tool_timed_out(call, now)
+        for batch in list(self._batches.values()):
+            if not batch.delivered and now >= batch.holding_at:
+                commands += self._hold(batch, now)
+        handover = self._handover
+        if handover is not None and not handover.started and now >= handover.deadline:
+            commands += self._hand_over(now)
+        return commands
 
     def caller_audio_dropped(self, nbytes: int) -> None:
         """The model leg could not take caller audio in time; counted in the record."""
@@ -289,8 +420,28 @@ class CallBridge:
             "transcript": transcript,
             "dtmf": self.digits,
             "usage": self.usage,
+            "tool_calls": [self._tool_record(call) for call in self._tool_calls.values()],
             "statistics": attrs.asdict(self.statistics()),
         }
+
+    def _tool_record(self, call: _ToolCall) -> dict[str, Any]:
+        ended_at = call.finished_at
+        if ended_at is None:
+            ended_at = self.ended_at if self.ended_at is not None else call.started_at
+        outcome = call.outcome or ToolOutcome.CANCELLED
+        entry: dict[str, Any] = {
+            "call_id": call.call_id,
+            "name": call.name,
+            "arguments": call.arguments if call.arguments is not None else call.arguments_text,
+            "at_s": round(call.started_at - self.started_at, 3),
+            "duration_s": round(ended_at - call.started_at, 3),
+            "outcome": outcome.value,
+        }
+        if call.output:
+            entry["output"] = call.output[:RECORDED_OUTPUT_CHARS]
+        if call.detail or call.outcome is None:
+            entry["detail"] = call.detail or "the call ended first"
+        return entry
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -321,10 +472,24 @@ class CallBridge:
         item.sent += whole
         return [PlayAudio(event.item_id, audio[:whole])]
 
-    def _response_done(self, event: AgentResponseDone) -> list[Command]:
+    def _response_done(self, event: AgentResponseDone, now: float) -> list[Command]:
         _add_usage(self.usage, event.usage)
         if self._active_response == event.response_id:
             self._active_response = None
+        commands = self._pad_tails(event)
+        self._done_responses.add(event.response_id)
+        batch = self._batches.get(event.response_id)
+        if batch is not None:
+            batch.response_done = True
+            if event.status in ("cancelled", "failed"):
+                commands += self._abandon(batch, event.status, now)
+            commands += self._deliver(batch)
+        handover = self._handover
+        if handover is not None and handover.call.response_id == event.response_id:
+            handover.deadline = now + self._unheard_seconds() + PLAYOUT_GRACE_S
+        return commands + self._after_playout(now)
+
+    def _pad_tails(self, event: AgentResponseDone) -> list[Command]:
         commands: list[Command] = []
         for item_id, item in self._items.items():
             if item.response_id != event.response_id or not item.tail:
@@ -352,6 +517,10 @@ class CallBridge:
         commands: list[Command] = [ClearAudio()]
         for item_id in unheard:
             item = self._items[item_id]
+            if item.local:
+                item.sent = item.played
+                self._stop_holding_audio(item_id)
+                continue
             self._interrupted_responses.add(item.response_id)
             item.tail = b""
             heard_ms = g711.duration_ms(min(item.played, item.received))
@@ -377,10 +546,10 @@ class CallBridge:
         self._dtmf_deadline = math.inf
         if not self._pending_digits:
             return []
-        pressed = ", ".join(self._pending_digits)
+        pressed = "".join(self._pending_digits)
         self._pending_digits.clear()
         return [
-            AddUserText(f"The caller pressed {pressed} on the phone keypad."),
+            AddUserText(dtmf_message(pressed)),
             RequestResponse(),
         ]
 
@@ -401,6 +570,296 @@ class CallBridge:
             ),
         ]
 
+    # ---- tool calls --------------------------------------------------------------------------
+
+    def _function_call(self, event: AgentFunctionCall, now: float) -> list[Command]:
+        if event.call_id in self._tool_calls:
+            return []
+        try:
+            arguments: dict[str, Any] | None = toolkit.parse_arguments(event.arguments)
+            problem = ""
+        except ValueError as error:
+            arguments, problem = None, str(error)
+        call = _ToolCall(
+            call_id=event.call_id,
+            name=event.name,
+            response_id=event.response_id,
+            arguments_text=event.arguments,
+            arguments=arguments,
+            started_at=now,
+        )
+        self._tool_calls[call.call_id] = call
+        batch = self._batches.get(event.response_id)
+        if batch is None:
+            batch = self._batches[event.response_id] = _Batch(
+                event.response_id, response_done=event.response_id in self._done_responses
+            )
+        batch.call_ids.append(call.call_id)
+        tool = self.settings.tools.get(call.name)
+        if tool is None:
+            return self._finish(
+                call, ToolOutcome.UNKNOWN_TOOL, f"there is no tool named {call.name!r}", now
+            )
+        if arguments is None:
+            return self._finish(call, ToolOutcome.INVALID_ARGUMENTS, problem, now)
+        if tool.holding is not Holding.NONE and batch.holding is None:
+            batch.holding = tool
+            batch.holding_at = now + tool.holding_after_s
+        builtin = tool.builtin
+        if builtin is None:
+            call.deadline = now + tool.effective_timeout_s
+            return [RunTool(call.call_id, call.name, arguments)]
+        return self._builtin(call, tool, builtin, arguments, now)
+
+    def _builtin(
+        self,
+        call: _ToolCall,
+        tool: ToolConfig,
+        builtin: BuiltinTool,
+        arguments: dict[str, Any],
+        now: float,
+    ) -> list[Command]:
+        capabilities = self.info.capabilities
+        match builtin:
+            case BuiltinTool.SEND_DTMF:
+                if Capability.SEND_DTMF not in capabilities:
+                    return self._finish(
+                        call,
+                        ToolOutcome.ERROR,
+                        f"this call ({self.info.ingress}) cannot send keypad tones",
+                        now,
+                    )
+                try:
+                    digits = toolkit.dtmf_digits(arguments)
+                except ValueError as error:
+                    return self._finish(call, ToolOutcome.INVALID_ARGUMENTS, str(error), now)
+                return [SendDtmf(digits), *self._finish(call, ToolOutcome.OK, "", now, sent=digits)]
+            case BuiltinTool.END_CALL:
+                if self._handover is not None:
+                    return self._finish(
+                        call, ToolOutcome.ERROR, "the call is already being ended", now
+                    )
+                reason = arguments.get("reason")
+                call.detail = reason if isinstance(reason, str) else ""
+                self._handover = _Handover(call, builtin)
+                return self._after_playout(now)
+            case BuiltinTool.TRANSFER_CALL:
+                if self._handover is not None:
+                    return self._finish(
+                        call, ToolOutcome.ERROR, "a transfer or hang-up is already under way", now
+                    )
+                if Capability.TRANSFER not in capabilities and not tool.hook_url:
+                    return self._finish(
+                        call,
+                        ToolOutcome.ERROR,
+                        f"this call ({self.info.ingress}) cannot be transferred",
+                        now,
+                    )
+                try:
+                    _, target = toolkit.transfer_target(tool, arguments)
+                except ValueError as error:
+                    return self._finish(call, ToolOutcome.INVALID_ARGUMENTS, str(error), now)
+                self._handover = _Handover(call, builtin, target=target)
+                return self._after_playout(now)
+
+    def _unheard_seconds(self) -> float:
+        unheard = sum(item.sent - item.played for item in self._items.values() if not item.local)
+        return g711.duration_ms(unheard) / 1000
+
+    def _after_playout(self, now: float) -> list[Command]:
+        """What the caller having heard audio allows: a handover, another loop of holding audio."""
+        commands: list[Command] = []
+        for batch in self._batches.values():
+            item_id = batch.holding_item
+            if batch.delivered or item_id is None:
+                continue
+            item = self._items[item_id]
+            if item.played >= item.sent and batch.holding is not None:
+                commands += self._play_holding_audio(batch, batch.holding)
+        handover = self._handover
+        if handover is None or handover.started:
+            return commands
+        if handover.call.response_id not in self._done_responses:
+            return commands
+        if any(not item.local for item in map(self._items.__getitem__, self.unheard_items())):
+            return commands
+        return commands + self._hand_over(now)
+
+    def _hand_over(self, now: float) -> list[Command]:
+        """The caller heard the reply: hang up, or start the transfer."""
+        handover = self._handover
+        assert handover is not None
+        handover.started = True
+        call = handover.call
+        if handover.builtin is BuiltinTool.END_CALL:
+            self._finish(call, ToolOutcome.OK, call.detail, now)
+            detail = call.detail or "the model ended the call"
+            return self._end(EndReason.AGENT_HANGUP, detail, now)
+        tool = self.settings.tools[call.name]
+        call.deadline = now + tool.effective_timeout_s
+        if Capability.TRANSFER in self.info.capabilities:
+            return [TransferCall(handover.target)]
+        assert call.arguments is not None
+        return [RunTool(call.call_id, call.name, {**call.arguments, "target": handover.target})]
+
+    def _transfer_result(self, result: TransferResult, now: float) -> list[Command]:
+        handover = self._handover
+        if handover is None or handover.builtin is not BuiltinTool.TRANSFER_CALL:
+            return []
+        return self._transfer_outcome(handover, result.ok, result.status, result.detail, now)
+
+    def _transfer_outcome(
+        self, handover: _Handover, ok: bool, status: int, detail: str, now: float
+    ) -> list[Command]:
+        call = handover.call
+        if call.finished:
+            return []
+        if ok:
+            # The caller is gone to the target: the result is recorded, the model is not asked.
+            self._finish(call, ToolOutcome.OK, detail, now, target=handover.target)
+            return self._end(EndReason.TRANSFERRED, f"transferred to {handover.target}", now)
+        self._handover = None
+        message = f"the transfer to {handover.target} failed"
+        if status:
+            message += f" (SIP {status})"
+        if detail:
+            message += f": {detail}"
+        return self._finish(call, ToolOutcome.ERROR, message, now)
+
+    def _tool_finished(
+        self, call_id: str, outcome: ToolOutcome, output: str, detail: str, now: float
+    ) -> list[Command]:
+        call = self._tool_calls.get(call_id)
+        if call is None or call.finished:
+            # Late: the call already timed out (its output told the model so).
+            return []
+        handover = self._handover
+        if handover is not None and handover.call is call:
+            # The media-stream transfer hook answered.
+            return self._transfer_outcome(
+                handover, outcome is ToolOutcome.OK, 0, detail or _error_message(output), now
+            )
+        call.outcome = outcome
+        call.output = output
+        call.detail = detail
+        call.finished_at = now
+        return self._deliver(self._batches[call.response_id])
+
+    def _tool_timed_out(self, call: _ToolCall, now: float) -> list[Command]:
+        tool = self.settings.tools.get(call.name)
+        seconds = tool.effective_timeout_s if tool is not None else 0.0
+        message = f"{call.name} did not finish within {seconds:g} s"
+        commands: list[Command] = []
+        handover = self._handover
+        if handover is not None and handover.call is call:
+            self._handover = None
+            if Capability.TRANSFER not in self.info.capabilities:
+                commands.append(CancelTool(call.call_id))
+        else:
+            commands.append(CancelTool(call.call_id))
+        return commands + self._finish(call, ToolOutcome.TIMEOUT, message, now)
+
+    def _finish(
+        self, call: _ToolCall, outcome: ToolOutcome, message: str, now: float, **fields: Any
+    ) -> list[Command]:
+        """Give `call` its result; the batch goes back to the model once it is complete."""
+        call.outcome = outcome
+        call.finished_at = now
+        if outcome is ToolOutcome.OK:
+            call.output = toolkit.ok_output(**fields)
+            call.detail = message
+        else:
+            call.output = toolkit.error_output(outcome, message)
+            call.detail = message
+        return self._deliver(self._batches[call.response_id])
+
+    def _abandon(self, batch: _Batch, status: str, now: float) -> list[Command]:
+        """The response that made these calls was cut off (barge-in, an error): stop its tools.
+
+        Calls already carried out keep their results; the others are cancelled, and the model
+        is told so with the results but not asked to respond: the caller is talking.
+        """
+        batch.abandoned = True
+        commands: list[Command] = []
+        handover = self._handover
+        if (
+            handover is not None
+            and handover.call.call_id in batch.call_ids
+            and not handover.started
+        ):
+            self._handover = None
+        for call_id in batch.call_ids:
+            call = self._tool_calls[call_id]
+            if call.finished or (self._handover is not None and self._handover.call is call):
+                continue
+            if call.deadline < math.inf:
+                commands.append(CancelTool(call_id))
+            call.outcome = ToolOutcome.CANCELLED
+            call.finished_at = now
+            call.detail = f"the response was {status}"
+            call.output = toolkit.error_output(ToolOutcome.CANCELLED, call.detail)
+        return commands
+
+    def _deliver(self, batch: _Batch) -> list[Command]:
+        if batch.delivered or not batch.response_done:
+            return []
+        calls = [self._tool_calls[call_id] for call_id in batch.call_ids]
+        if not all(call.finished for call in calls):
+            return []
+        batch.delivered = True
+        handover = self._handover
+        if handover is not None and handover.call.call_id in batch.call_ids:
+            # The call is about to hang up or be transferred; the model is not asked again.
+            return []
+        commands: list[Command] = []
+        if batch.holding_item is not None:
+            commands += self._stop_holding_audio(batch.holding_item)
+        commands += [AddFunctionOutput(call.call_id, call.output) for call in calls]
+        if not batch.abandoned:
+            commands.append(RequestResponse())
+        return commands
+
+    # ---- holding -----------------------------------------------------------------------------
+
+    def _hold(self, batch: _Batch, now: float) -> list[Command]:
+        """A tool is slow: give the caller something to hear, once, when the model is quiet."""
+        tool = batch.holding
+        assert tool is not None
+        if self._active_response is not None or self.unheard_items():
+            batch.holding_at = now + HOLDING_RETRY_S
+            return []
+        batch.holding_at = math.inf
+        if tool.holding is Holding.PHRASE:
+            return [RequestResponse(instructions=tool.holding_phrase, allow_tools=False)]
+        return self._play_holding_audio(batch, tool)
+
+    def _play_holding_audio(self, batch: _Batch, tool: ToolConfig) -> list[Command]:
+        audio = self.settings.holding_audio.get(tool.name, b"")
+        whole = len(audio) - len(audio) % g711.FRAME_BYTES
+        if not whole:
+            return []
+        item_id = batch.holding_item
+        if item_id is None:
+            self._hold_items += 1
+            item_id = batch.holding_item = f"hold_{self._hold_items}"
+            self._items[item_id] = _ItemAudio(response_id="", local=True)
+        item = self._items[item_id]
+        item.received += whole
+        item.sent += whole
+        return [PlayAudio(item_id, audio[:whole])]
+
+    def _stop_holding_audio(self, item_id: str) -> list[Command]:
+        """End a holding loop; clear what the caller has not heard of it yet."""
+        for batch in self._batches.values():
+            if batch.holding_item == item_id:
+                batch.holding_item = None
+                batch.holding = None
+        item = self._items[item_id]
+        if item.sent <= item.played:
+            return []
+        item.sent = item.played
+        return [ClearAudio()]
+
     def _end(
         self,
         reason: EndReason,
@@ -419,6 +878,17 @@ class CallBridge:
         if close_agent:
             commands.append(CloseAgent())
         return commands
+
+
+def _error_message(output: str) -> str:
+    """The message of an error output, for a transfer hook's failure detail."""
+    try:
+        decoded = json.loads(output)
+    except ValueError:
+        return output[:200]
+    if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
+        return str(decoded["message"])
+    return output[:200]
 
 
 def _add_usage(total: dict[str, Any], usage: Mapping[str, Any] | None) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from bridge.call.events import Codec
+from bridge.call.events import Capability, Codec
 
 
 @attrs.frozen(kw_only=True)
@@ -25,6 +25,8 @@ class CallInfo:
     called: str = ""
     variables: Mapping[str, str] = attrs.field(factory=dict)
     external_ids: Mapping[str, str] = attrs.field(factory=dict)
+    # Call control the telephony leg can carry out (transfer, sending DTMF).
+    capabilities: frozenset[Capability] = frozenset()
 
     def template_values(self) -> dict[str, str]:
         """The names an instructions template may use: custom variables, then the fixed ones."""

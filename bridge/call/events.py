@@ -1,9 +1,10 @@
 """The call's internal vocabulary: what legs report to the control loop and what it tells them.
 
-Every telephony leg (media-stream websocket today; SIP/RTP and Asterisk later) speaks the
-``Telephony*`` half, every agent leg (the Realtime protocol today; GPT-Live later) the ``Agent*``
-half, so :class:`bridge.call.bridge.CallBridge` never sees a wire format. Audio is G.711 bytes at
-8 kHz, one byte a sample, so 8 bytes are one millisecond and 160 bytes one 20 ms frame.
+Every telephony leg (media-stream websocket, SIP/RTP; Asterisk later) speaks the ``Telephony*``
+half, every agent leg (the Realtime protocol today; GPT-Live later) the ``Agent*`` half, and the
+tool runner the ``Tool*`` half, so :class:`bridge.call.bridge.CallBridge` never sees a wire
+format. Audio is G.711 bytes at 8 kHz, one byte a sample, so 8 bytes are one millisecond and 160
+bytes one 20 ms frame.
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ class EndReason(enum.Enum):
     SHUTDOWN = "shutdown"
     AT_CAPACITY = "at_capacity"
     INTERNAL_ERROR = "internal_error"
+    AGENT_HANGUP = "agent_hangup"
+    TRANSFERRED = "transferred"
+
+
+class Capability(enum.Enum):
+    """Call control a telephony leg can carry out beyond playing audio and hanging up."""
+
+    TRANSFER = "transfer"  # blind transfer in-band (SIP REFER)
+    SEND_DTMF = "send_dtmf"  # keypad digits to the far end (RFC 4733)
+
+
+class ToolOutcome(enum.Enum):
+    """How one tool call ended, as the call record and the model see it."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    UNKNOWN_TOOL = "unknown_tool"
+    CANCELLED = "cancelled"
 
 
 class Codec(enum.Enum):
@@ -60,6 +81,19 @@ class AudioPlayed:
 
     item_id: str
     played_bytes: int
+
+
+@attrs.frozen
+class TransferResult:
+    """The final outcome of a :class:`TransferCall` (SIP: the REFER's answer and NOTIFY sipfrag).
+
+    `status` is the SIP status that decided it (202 then a NOTIFY with 200: success; a 4xx to the
+    REFER or a sipfrag 486: failure), 0 when none came (timeout, transport error).
+    """
+
+    ok: bool
+    status: int = 0
+    detail: str = ""
 
 
 @attrs.frozen
@@ -96,6 +130,25 @@ class HangUp:
     """End the telephony side of the call."""
 
     reason: EndReason
+
+
+@attrs.frozen
+class TransferCall:
+    """Blind-transfer the caller to `target` (a SIP URI); answered by :class:`TransferResult`.
+
+    Sent only to legs with :attr:`Capability.TRANSFER`. `referred_by` is the URI for the
+    Referred-By header (RFC 3892); empty means the leg's own address.
+    """
+
+    target: str
+    referred_by: str = ""
+
+
+@attrs.frozen
+class SendDtmf:
+    """Send keypad digits (0-9, *, #, A-D) to the far end (legs with Capability.SEND_DTMF)."""
+
+    digits: str
 
 
 # ---- agent leg -> control loop -----------------------------------------------------------------
@@ -159,6 +212,17 @@ class AgentResponseDone:
 
 
 @attrs.frozen
+class AgentFunctionCall:
+    """The model finished a function call (its arguments are complete); `arguments` is raw JSON."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
 class AgentError:
     """The model reported an error that does not end the session."""
 
@@ -200,10 +264,23 @@ class AddUserText:
 
 
 @attrs.frozen
+class AddFunctionOutput:
+    """The result of function call `call_id`, as a ``function_call_output`` conversation item."""
+
+    call_id: str
+    output: str
+
+
+@attrs.frozen
 class RequestResponse:
-    """Ask the model to respond; `instructions` override the session's for this response only."""
+    """Ask the model to respond; `instructions` override the session's for this response only.
+
+    `allow_tools=False` asks for a response that may not call tools (``tool_choice: "none"``),
+    used for the holding phrase while a tool runs.
+    """
 
     instructions: str | None = None
+    allow_tools: bool = True
 
 
 @attrs.frozen
@@ -216,8 +293,42 @@ class CloseAgent:
     """End the agent session."""
 
 
-TelephonyEvent = CallerAudio | CallerDtmf | AudioPlayed | TelephonyEnded
-TelephonyCommand = AnswerCall | PlayAudio | ClearAudio | HangUp
+# ---- control loop -> tool runner -> control loop ------------------------------------------------
+
+
+@attrs.frozen
+class RunTool:
+    """Run operator tool `name` (http, python, or a transfer hook) for function call `call_id`.
+
+    `arguments` are the model's arguments, already parsed to a JSON object.
+    """
+
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@attrs.frozen
+class CancelTool:
+    """Stop the tool run for `call_id` (its timeout passed); no ToolFinished is needed after."""
+
+    call_id: str
+
+
+@attrs.frozen
+class ToolFinished:
+    """A tool run ended: `output` is the text for the model (the reply body, or a JSON error)."""
+
+    call_id: str
+    outcome: ToolOutcome
+    output: str
+    detail: str = ""
+
+
+TelephonyEvent = CallerAudio | CallerDtmf | AudioPlayed | TransferResult | TelephonyEnded
+TelephonyCommand = AnswerCall | PlayAudio | ClearAudio | HangUp | TransferCall | SendDtmf
+ToolCommand = RunTool | CancelTool
+ToolEvent = ToolFinished
 AgentEvent = (
     AgentReady
     | AgentSpeechStarted
@@ -226,9 +337,21 @@ AgentEvent = (
     | AgentAudio
     | AgentTranscript
     | AgentResponseDone
+    | AgentFunctionCall
     | AgentError
     | AgentEnded
 )
 AgentCommand = (
-    SendAudio | TruncateItem | AddUserText | RequestResponse | CancelResponse | CloseAgent
+    SendAudio
+    | TruncateItem
+    | AddUserText
+    | AddFunctionOutput
+    | RequestResponse
+    | CancelResponse
+    | CloseAgent
 )
+
+
+def dtmf_message(digits: str) -> str:
+    """The user message that tells the model which keys the caller pressed."""
+    return f"The caller pressed {', '.join(digits)} on the phone keypad."

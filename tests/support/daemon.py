@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from bridge.adapters.loopback_server import LoopbackServer, serve_loopback_model
+from bridge.agent.loopback import ScriptedToolCall
 from bridge.app import serve
 from bridge.config import config_from_dict
 from bridge.records import read_records
@@ -49,11 +50,17 @@ async def running_daemon(
     *,
     model_url: str | None = None,
     generation_speed: float = 4.0,
+    script: Sequence[ScriptedToolCall] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Daemon]:
-    """The daemon with a loopback model of the test's own (or the model at `model_url`)."""
+    """The daemon with a loopback model of the test's own (or the model at `model_url`).
+
+    `script` makes that loopback model call functions; `environ` adds environment variables."""
     async with trio.open_nursery() as nursery:
         model = await nursery.start(
-            functools.partial(serve_loopback_model, generation_speed=generation_speed)
+            functools.partial(
+                serve_loopback_model, generation_speed=generation_speed, script=script
+            )
         )
         data = merge(
             {
@@ -81,6 +88,7 @@ async def running_daemon(
             "TEST_MODEL_KEY": "sk-test",
             "TEST_MEDIA_SECRET": SECRET,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            **(environ or {}),
         }
         listening = await nursery.start(functools.partial(serve, config, environ=environ))
         path = config.ingress.mediastream.path

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ import trio
 import trio_websocket
 
 from bridge.adapters.loopback_server import LoopbackServer, serve_loopback_model
+from bridge.agent.loopback import ScriptedToolCall
 
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 # Handshake headers that belong to one hop and are made afresh by the tap's own client.
@@ -139,11 +140,17 @@ async def _relay(
 
 
 @asynccontextmanager
-async def open_model_tap(*, generation_speed: float = 4.0) -> AsyncIterator[ModelTap]:
-    """A loopback model with a recording proxy in front; give the daemon ``tap.url``."""
+async def open_model_tap(
+    *, generation_speed: float = 4.0, script: Sequence[ScriptedToolCall] = ()
+) -> AsyncIterator[ModelTap]:
+    """A loopback model with a recording proxy in front; give the daemon ``tap.url``.
+
+    `script` makes the loopback model call functions (see ScriptedToolCall)."""
     async with trio.open_nursery() as nursery:
         model = await nursery.start(
-            functools.partial(serve_loopback_model, generation_speed=generation_speed)
+            functools.partial(
+                serve_loopback_model, generation_speed=generation_speed, script=script
+            )
         )
         connections: list[TappedConnection] = []
         server = await nursery.start(

@@ -1,4 +1,4 @@
-"""Wire codec for the OpenAI Realtime API, GA and beta dialects (realtime-api.md §1.4-§1.7).
+"""Wire codec for the OpenAI Realtime API, GA and beta dialects (realtime-api.md §1.4-§1.7, §4).
 
 Inbound server events are decoded tolerantly into the frozen classes below: unknown types become
 :class:`UnknownServerEvent`, missing or mistyped optional fields take defaults, and only a message
@@ -7,6 +7,13 @@ that is not a JSON object with a string ``type`` (or carries audio that is not b
 names (``response.audio.delta``, ``response.text.done``, ...) decode to the same classes as the GA
 names; a beta codec also accepts GA names, because several "compatible" servers mix the two, while
 a GA codec reports beta names as unknown so a mis-configured dialect shows up in the statistics.
+
+Function calls (§4.2, Realtime API guide "Function calling") reach us twice: as
+``response.function_call_arguments.done`` and as ``response.output_item.done`` whose item is a
+``function_call``. Both decode to :class:`FunctionCallDone`; the session core merges the two into
+one call. Beta ``arguments.done`` events carry no ``name``, so ``response.output_item.added`` of a
+function_call item decodes to :class:`FunctionCallStarted`, which names the call early. Output items
+of other types, and function_call items that did not complete, stay ignored.
 
 Outbound client events (§1.5) are strict and built here, never from foreign dicts. They are the
 same in both dialects except for the ``session.update`` payload, which
@@ -157,6 +164,32 @@ class ItemTruncated:
 
 
 @attrs.frozen
+class FunctionCallStarted:
+    """``response.output_item.added`` of a ``function_call`` item: names the call early."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+
+
+@attrs.frozen
+class FunctionCallDone:
+    """The model finished function call `call_id`; `arguments` is the raw JSON text it wrote.
+
+    Decoded from ``response.function_call_arguments.done`` and from ``response.output_item.done``
+    of a completed ``function_call`` item; the server sends both for one call. `name` is empty when
+    the event did not carry it (beta ``arguments.done``).
+    """
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
 class ServerError:
     """``error``; `event_id` names the client event that caused it, when the server knows."""
 
@@ -213,6 +246,8 @@ ServerEvent = (
     | InputTranscriptionCompleted
     | InputTranscriptionFailed
     | ItemTruncated
+    | FunctionCallStarted
+    | FunctionCallDone
     | ServerError
     | RateLimitsUpdated
     | IgnoredServerEvent
@@ -365,6 +400,42 @@ def _decode_truncated(event: Mapping[str, Any]) -> ItemTruncated:
     )
 
 
+def _decode_arguments_done(event: Mapping[str, Any]) -> FunctionCallDone:
+    return FunctionCallDone(
+        response_id=_str(event, "response_id"),
+        item_id=_str(event, "item_id"),
+        call_id=_str(event, "call_id"),
+        name=_str(event, "name"),
+        arguments=_str(event, "arguments"),
+    )
+
+
+def _decode_output_item_added(event: Mapping[str, Any]) -> FunctionCallStarted | IgnoredServerEvent:
+    item = _obj(event, "item")
+    if _str(item, "type") != "function_call":
+        return IgnoredServerEvent("response.output_item.added")
+    return FunctionCallStarted(
+        response_id=_str(event, "response_id"),
+        item_id=_str(item, "id"),
+        call_id=_str(item, "call_id"),
+        name=_str(item, "name"),
+    )
+
+
+def _decode_output_item_done(event: Mapping[str, Any]) -> FunctionCallDone | IgnoredServerEvent:
+    item = _obj(event, "item")
+    # An incomplete call (its response was cut short) has arguments the model never finished.
+    if _str(item, "type") != "function_call" or _str(item, "status") != "completed":
+        return IgnoredServerEvent("response.output_item.done")
+    return FunctionCallDone(
+        response_id=_str(event, "response_id"),
+        item_id=_str(item, "id"),
+        call_id=_str(item, "call_id"),
+        name=_str(item, "name"),
+        arguments=_str(item, "arguments"),
+    )
+
+
 def _decode_rate_limits(event: Mapping[str, Any]) -> RateLimitsUpdated:
     entries = event.get("rate_limits")
     limits = tuple(
@@ -409,6 +480,9 @@ _COMMON_DECODERS: dict[str, _Decoder] = {
     "conversation.item.input_audio_transcription.failed": _decode_transcription_failed,
     "conversation.item.truncated": _decode_truncated,
     "rate_limits.updated": _decode_rate_limits,
+    "response.output_item.added": _decode_output_item_added,
+    "response.output_item.done": _decode_output_item_done,
+    "response.function_call_arguments.done": _decode_arguments_done,
 }
 
 _GA_RENAMED: dict[str, _Decoder] = {
@@ -435,12 +509,9 @@ _COMMON_IGNORED = frozenset(
         "output_audio_buffer.started",
         "output_audio_buffer.stopped",
         "output_audio_buffer.cleared",
-        "response.output_item.added",
-        "response.output_item.done",
         "response.content_part.added",
         "response.content_part.done",
         "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
     }
 )
 _GA_IGNORED = _COMMON_IGNORED | {
@@ -557,11 +628,32 @@ class RealtimeCodec:
         )
 
     @staticmethod
-    def response_create(instructions: str | None, event_id: str) -> str:
-        """``response.create``, overriding the session's instructions for this response only."""
+    def function_call_output(call_id: str, output: str, event_id: str) -> str:
+        """``conversation.item.create`` of the ``function_call_output`` item for `call_id`."""
+        return _dumps(
+            {
+                "type": "conversation.item.create",
+                "event_id": event_id,
+                "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+            }
+        )
+
+    @staticmethod
+    def response_create(
+        instructions: str | None, event_id: str, *, allow_tools: bool = True
+    ) -> str:
+        """``response.create``, overriding the session's instructions for this response only.
+
+        With `allow_tools` False the response may not call tools (``tool_choice: "none"``).
+        """
         event: dict[str, Any] = {"type": "response.create", "event_id": event_id}
+        response: dict[str, Any] = {}
         if instructions is not None:
-            event["response"] = {"instructions": instructions}
+            response["instructions"] = instructions
+        if not allow_tools:
+            response["tool_choice"] = "none"
+        if response:
+            event["response"] = response
         return _dumps(event)
 
     @staticmethod
@@ -579,6 +671,8 @@ def _dumps(event: Mapping[str, Any]) -> str:
 
 __all__ = [
     "INVALID_PAYLOAD_HINT",
+    "FunctionCallDone",
+    "FunctionCallStarted",
     "IgnoredServerEvent",
     "InputAudioCommitted",
     "InputTranscriptionCompleted",

@@ -1,4 +1,4 @@
-"""The agent leg's message core for the OpenAI Realtime API (realtime-api.md §1.5, §1.6, §8).
+"""The agent leg's message core for the OpenAI Realtime API (realtime-api.md §1.5, §1.6, §4, §8).
 
 Sans-IO (DESIGN.md rules 1-3): websocket messages go in through ``receive_message``, commands
 of the call's vocabulary (:mod:`bridge.call.events`) through ``send``; JSON text frames come out
@@ -29,13 +29,31 @@ Response phase (the server allows one response at a time per conversation, §8):
     IDLE --response.created (server VAD answered on its own)-----> ACTIVE
 
 RequestResponse outside IDLE is queued, never sent, so two ``response.create`` are never in
-flight; queued requests coalesce into one (the last instructions given win) and go out on the
-``response.done`` that returns the session to IDLE. The ``response.create`` we sent carries an
-``event_id``. If the server rejects it with ``conversation_already_has_active_response`` (its own
-VAD response started first and we took that one for ours), the request is queued again, so it is
-delivered after the active response instead of being lost; any other rejection while REQUESTED
-returns the session to IDLE so later requests are not blocked forever. CancelResponse sends
-``response.cancel`` only while a response is requested or active.
+flight; queued requests coalesce into one and go out on the ``response.done`` that returns the
+session to IDLE. Coalescing keeps the last instructions given, except that a request that may call
+tools beats one that may not (``allow_tools=False``, sent as ``tool_choice: "none"``): the latter
+asks for a holding phrase, which is moot once a normal response (tool results, a greeting) is due,
+so the merged request is tool-less only when every request in it was. The ``response.create`` we
+sent carries an ``event_id``. If the server rejects it with
+``conversation_already_has_active_response`` (its own VAD response started first and we took that
+one for ours), the request is queued again, so it is delivered after the active response instead
+of being lost; any other rejection while REQUESTED returns the session to IDLE so later requests
+are not blocked forever. CancelResponse sends ``response.cancel`` only while a response is
+requested or active.
+
+Function calls (§4.2). The server reports one finished call twice, as
+``response.function_call_arguments.done`` and as ``response.output_item.done`` of a completed
+``function_call`` item, in either order, before the ``response.done`` of its response. The first
+of the two that names the call and carries its ``call_id`` becomes the one
+:class:`AgentFunctionCall` of that ``call_id``; later reports of a ``call_id`` already given to the
+control loop are counted and dropped. Beta ``arguments.done`` events carry no name: the name
+comes from the ``response.output_item.added`` of the same item (remembered by item id until its
+response is done), or from the ``output_item.done``. A call still unnamed when its response is
+done is reported then, before :class:`AgentResponseDone` and with an empty name, so the control
+loop can still answer it (as an unknown tool) and the model is not left waiting; one without a
+``call_id`` cannot be answered and is dropped and counted. AddFunctionOutput becomes a
+``function_call_output`` conversation item; like every command it is held until READY. Adding
+outputs never starts a response: the control loop follows them with a RequestResponse.
 """
 
 from __future__ import annotations
@@ -49,12 +67,14 @@ from typing import Any
 import attrs
 
 from bridge.call.events import (
+    AddFunctionOutput,
     AddUserText,
     AgentAudio,
     AgentCommand,
     AgentEnded,
     AgentError,
     AgentEvent,
+    AgentFunctionCall,
     AgentReady,
     AgentResponseDone,
     AgentResponseStarted,
@@ -71,6 +91,8 @@ from bridge.call.events import (
 from bridge.config import Dialect
 from bridge.errors import RemoteProtocolError
 from bridge.proto.realtime.codec import (
+    FunctionCallDone,
+    FunctionCallStarted,
     IgnoredServerEvent,
     InputAudioCommitted,
     InputTranscriptionCompleted,
@@ -99,6 +121,11 @@ DEFAULT_PRE_READY_AUDIO_BYTES = 16_000
 MAX_PRE_READY_COMMANDS = 256
 # A hostile server could invent endless type names; remember only this many.
 MAX_UNKNOWN_TYPES_KEPT = 64
+# Function calls of responses not yet done (a response has a handful); caps a server that never
+# sends response.done.
+MAX_OPEN_FUNCTION_CALLS = 256
+# call_ids already reported, so a late second report of one is not a second call.
+MAX_REPORTED_CALL_IDS = 1024
 
 ACTIVE_RESPONSE_CODE = "conversation_already_has_active_response"
 SESSION_EXPIRED_CODE = "session_expired"
@@ -140,6 +167,10 @@ class RealtimeStatistics:
     truncates_sent: int
     truncations_confirmed: int
     transcription_failures: int
+    function_calls: int
+    function_call_duplicates: int
+    function_calls_dropped: int
+    function_outputs_sent: int
     audio_bytes_sent: int
     audio_bytes_received: int
     audio_bytes_dropped_before_ready: int
@@ -180,6 +211,11 @@ class RealtimeSession:
         self._sent_request: tuple[str, RequestResponse] | None = None
         self._queued_request: RequestResponse | None = None
 
+        # Function calls by item id: named by output_item.added, or finished but not yet named.
+        self._started_calls: dict[str, FunctionCallStarted] = {}
+        self._unnamed_calls: dict[str, FunctionCallDone] = {}
+        self._reported_call_ids: dict[str, None] = {}
+
         self._messages_received = 0
         self._messages_sent = 0
         self._malformed = 0
@@ -196,6 +232,10 @@ class RealtimeSession:
         self._truncates_sent = 0
         self._truncations_confirmed = 0
         self._transcription_failures = 0
+        self._function_calls = 0
+        self._function_call_duplicates = 0
+        self._function_calls_dropped = 0
+        self._function_outputs_sent = 0
         self._audio_bytes_sent = 0
         self._audio_bytes_received = 0
         self._audio_dropped = 0
@@ -304,6 +344,10 @@ class RealtimeSession:
             truncates_sent=self._truncates_sent,
             truncations_confirmed=self._truncations_confirmed,
             transcription_failures=self._transcription_failures,
+            function_calls=self._function_calls,
+            function_call_duplicates=self._function_call_duplicates,
+            function_calls_dropped=self._function_calls_dropped,
+            function_outputs_sent=self._function_outputs_sent,
             audio_bytes_sent=self._audio_bytes_sent,
             audio_bytes_received=self._audio_bytes_received,
             audio_bytes_dropped_before_ready=self._audio_dropped,
@@ -342,6 +386,10 @@ class RealtimeSession:
                 self._on_response_created(event)
             case ResponseDone():
                 self._on_response_done(event)
+            case FunctionCallStarted():
+                self._on_function_call_started(event)
+            case FunctionCallDone():
+                self._on_function_call_done(event)
             case InputTranscriptionCompleted(item_id=item_id, transcript=transcript):
                 self._events.append(AgentTranscript("caller", item_id, transcript))
             case OutputAudioTranscriptDone(item_id=item_id, transcript=transcript):
@@ -397,6 +445,7 @@ class RealtimeSession:
 
     def _on_response_done(self, event: ResponseDone) -> None:
         self._responses_done += 1
+        self._settle_function_calls(event.response_id)
         self._events.append(AgentResponseDone(event.response_id, event.status, event.usage))
         ours = self._response_phase is ResponsePhase.REQUESTED or (
             self._response_phase is ResponsePhase.ACTIVE
@@ -409,6 +458,62 @@ class RealtimeSession:
         self._active_response_id = ""
         self._sent_request = None
         self._send_queued_request()
+
+    def _on_function_call_started(self, event: FunctionCallStarted) -> None:
+        if not event.item_id or len(self._started_calls) >= MAX_OPEN_FUNCTION_CALLS:
+            return
+        self._started_calls[event.item_id] = event
+        unnamed = self._unnamed_calls.pop(event.item_id, None)
+        if unnamed is not None:
+            self._on_function_call_done(unnamed)
+
+    def _on_function_call_done(self, event: FunctionCallDone) -> None:
+        key = event.item_id or event.call_id
+        call = _complete_call(
+            event, self._unnamed_calls.pop(key, None), self._started_calls.get(event.item_id)
+        )
+        if call.call_id in self._reported_call_ids:
+            self._function_call_duplicates += 1
+        elif call.call_id and call.name:
+            self._report_function_call(call)
+        elif len(self._unnamed_calls) < MAX_OPEN_FUNCTION_CALLS:
+            # The other report of this call (output_item.done) may still name it.
+            self._unnamed_calls[key] = call
+        else:
+            self._function_calls_dropped += 1
+
+    def _settle_function_calls(self, response_id: str) -> None:
+        """The response is done: no more reports of its calls will come."""
+
+        def of_response(other: str) -> bool:
+            return not response_id or other in ("", response_id)
+
+        for key, call in list(self._unnamed_calls.items()):
+            if not of_response(call.response_id):
+                continue
+            del self._unnamed_calls[key]
+            if call.call_id and call.call_id not in self._reported_call_ids:
+                self._report_function_call(call)
+            else:
+                self._function_calls_dropped += 1
+        for item_id, started in list(self._started_calls.items()):
+            if of_response(started.response_id):
+                del self._started_calls[item_id]
+
+    def _report_function_call(self, call: FunctionCallDone) -> None:
+        self._function_calls += 1
+        self._reported_call_ids[call.call_id] = None
+        if len(self._reported_call_ids) > MAX_REPORTED_CALL_IDS:
+            del self._reported_call_ids[next(iter(self._reported_call_ids))]
+        self._events.append(
+            AgentFunctionCall(
+                response_id=call.response_id,
+                item_id=call.item_id,
+                call_id=call.call_id,
+                name=call.name,
+                arguments=call.arguments,
+            )
+        )
 
     def _on_error(self, error: ServerError) -> None:
         self._server_errors += 1
@@ -476,6 +581,9 @@ class RealtimeSession:
                 )
             case AddUserText(text=text):
                 self._queue(self._codec.user_text(text, self._new_event_id()))
+            case AddFunctionOutput(call_id=call_id, output=output):
+                self._function_outputs_sent += 1
+                self._queue(self._codec.function_call_output(call_id, output, self._new_event_id()))
             case RequestResponse():
                 self._request_response(command)
             case CancelResponse():
@@ -505,7 +613,11 @@ class RealtimeSession:
         self._responses_requested += 1
         self._response_phase = ResponsePhase.REQUESTED
         self._sent_request = (event_id, request)
-        self._queue(self._codec.response_create(request.instructions, event_id))
+        self._queue(
+            self._codec.response_create(
+                request.instructions, event_id, allow_tools=request.allow_tools
+            )
+        )
 
     def _cancel_response(self) -> None:
         if self._response_phase is ResponsePhase.IDLE:
@@ -540,10 +652,40 @@ class RealtimeSession:
 
 
 def _merge_requests(older: RequestResponse | None, newer: RequestResponse) -> RequestResponse:
-    """One request standing for both; the newer instructions win when it has any."""
-    if older is None or newer.instructions is not None:
+    """One request standing for both (see the module docstring).
+
+    A request that may call tools wins over one that may not, whole: its instructions are for the
+    real response, the other's were for a holding phrase. Otherwise the newer instructions win
+    when it has any.
+    """
+    if older is None:
         return newer
-    return older
+    if older.allow_tools != newer.allow_tools:
+        return newer if newer.allow_tools else older
+    return newer if newer.instructions is not None else older
+
+
+def _complete_call(
+    event: FunctionCallDone, unnamed: FunctionCallDone | None, started: FunctionCallStarted | None
+) -> FunctionCallDone:
+    """`event` with what it lacks filled in from the earlier reports of the same item."""
+    if unnamed is not None:
+        event = FunctionCallDone(
+            response_id=event.response_id or unnamed.response_id,
+            item_id=event.item_id or unnamed.item_id,
+            call_id=event.call_id or unnamed.call_id,
+            name=event.name or unnamed.name,
+            arguments=event.arguments or unnamed.arguments,
+        )
+    if started is not None:
+        event = FunctionCallDone(
+            response_id=event.response_id or started.response_id,
+            item_id=event.item_id or started.item_id,
+            call_id=event.call_id or started.call_id,
+            name=event.name or started.name,
+            arguments=event.arguments,
+        )
+    return event
 
 
 def _describe_error(error: ServerError) -> str:
