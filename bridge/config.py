@@ -1089,6 +1089,12 @@ def _summary(path: str, config: Config) -> Iterator[str]:
             f"dialect {model.dialect.value}, url {model.effective_url}, "
             f"api key from {model.api_key.describe()}"
         )
+    if config.tools:
+        yield "  tools: " + ", ".join(f"{tool.name} ({tool.kind.value})" for tool in config.tools)
+    if config.routes:
+        yield "  routes: " + ", ".join(route.name for route in config.routes)
+    if config.precall_hook.url:
+        yield f"  pre-call hook: {_without_query(config.precall_hook.url)}"
     stream = config.ingress.mediastream
     if not stream.enabled:
         yield "  ingress mediastream: disabled"
@@ -1103,6 +1109,12 @@ def _summary(path: str, config: Config) -> Iterator[str]:
         )
     host = f"[{stream.host}]" if ":" in stream.host else stream.host
     yield f"  ingress mediastream: listening on ws://{host}:{stream.port}{stream.path}, auth {auth}"
+
+
+def _without_query(url: str) -> str:
+    """A URL for display: a query string may carry a token."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ the 2xx to the remote target through the route set (§12.1.2, §12.2.1.1, §13.2
 on the INVITE's branch (§17.1.1.3), then talks RTP (RFC 3550): one 160-byte packet every 20 ms on
 an absolute schedule, the caller's audio first and line silence after it, RFC 4733 key presses in
 place of audio while they last. Every RTP packet that arrives is kept with its arrival time
-(``trio.current_time()``). The call ends with our BYE (retransmitted with Timer E until a final
+(``trio.current_time()``); the RFC 4733 telephone events among them (the daemon pressing keys)
+are also read into :class:`ReceivedTelephoneEvent` and the digits they make
+(:attr:`SipCallResult.dtmf_received`, one per event, keyed by SSRC and timestamp as RFC 4733
+§2.5.2 asks). The call ends with our BYE (retransmitted with Timer E until a final
 response, §17.1.2.2) or the daemon's BYE, which gets 200.
 
 :class:`SipUac` builds and reads the messages without doing I/O; :func:`place_call` is the trio
@@ -32,7 +35,7 @@ import trio
 
 from bridge.call.events import Codec
 from bridge.media import g711
-from bridge.proto.rtp.dtmf import dtmf_payloads
+from bridge.proto.rtp.dtmf import DtmfReceiver, TelephoneEvent, dtmf_payloads
 from bridge.proto.rtp.packet import RtpPacket, RtpParseError
 from bridge.proto.sip.headers import CSeq, NameAddr, SipUri, format_host
 from bridge.proto.sip.message import (
@@ -83,6 +86,28 @@ class ReceivedRtp:
 
 
 @attrs.frozen(kw_only=True)
+class ReceivedTelephoneEvent:
+    """One RFC 4733 telephone-event packet the caller received (RFC 4733 §2.3): its RTP header
+    fields and its payload, read. `at` is ``trio.current_time()`` when we read it."""
+
+    at: float
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    marker: bool
+    event: int
+    end: bool
+    volume: int
+    duration: int
+
+    @property
+    def digit(self) -> str | None:
+        """The keypad digit (0-9, *, #, A-D), None for flash and other events."""
+        return TelephoneEvent(self.event, self.end, self.volume, self.duration).digit
+
+
+@attrs.frozen(kw_only=True)
 class SipCallResult:
     """What one call did: the SIP exchange, the RTP both ways and who hung up."""
 
@@ -107,6 +132,11 @@ class SipCallResult:
     hung_up_by: str | None
     # The final response to our BYE (None: we sent none, or it never came).
     bye_status: int | None
+    # Every packet of the negotiated telephone-event payload type, in arrival order (the three
+    # end copies of each key press included), readable ones only.
+    telephone_events: tuple[ReceivedTelephoneEvent, ...] = ()
+    # The keys the daemon pressed: one digit per event (SSRC and RTP timestamp), in order.
+    dtmf_received: str = ""
 
     @property
     def final_status(self) -> int | None:
@@ -143,7 +173,8 @@ class SipCallResult:
                 f"call lasted: {self.ended_at - self.answered_at:.2f} s after the answer, "
                 f"ended by the {self.hung_up_by or 'nobody'}",
                 f"sent:        {self.sent_packets} RTP packets, digits {self.dtmf_sent or 'none'}",
-                f"received:    {len(audio)} audio packets ({heard / g711.SAMPLE_RATE:.2f} s)",
+                f"received:    {len(audio)} audio packets ({heard / g711.SAMPLE_RATE:.2f} s), "
+                f"digits {self.dtmf_received or 'none'}",
             ]
         return "\n".join(lines)
 
@@ -762,6 +793,7 @@ async def place_call(
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    telephone_events, dtmf_received = _telephone_events(call.received, negotiated)
     return SipCallResult(
         statuses=tuple(call.statuses),
         final=call.final,
@@ -775,7 +807,47 @@ async def place_call(
         dtmf_sent=talk.dtmf_sent,
         hung_up_by=hung_up_by,
         bye_status=None if call.bye_response is None else call.bye_response.status,
+        telephone_events=telephone_events,
+        dtmf_received=dtmf_received,
     )
+
+
+def _telephone_events(
+    received: Sequence[ReceivedRtp], negotiated: NegotiatedAudio | None
+) -> tuple[tuple[ReceivedTelephoneEvent, ...], str]:
+    """The telephone-event packets among `received`, read, and the digits they press."""
+    if negotiated is None or negotiated.dtmf_payload_type is None:
+        return (), ""
+    payload_type = negotiated.dtmf_payload_type
+    receiver = DtmfReceiver(memory_s=math.inf)
+    events: list[ReceivedTelephoneEvent] = []
+    digits: list[str] = []
+    for item in received:
+        packet = item.packet
+        if packet.payload_type != payload_type:
+            continue
+        try:
+            event = TelephoneEvent.parse(packet.payload)
+            digit = receiver.receive(packet, item.at)
+        except RtpParseError:
+            continue
+        events.append(
+            ReceivedTelephoneEvent(
+                at=item.at,
+                payload_type=packet.payload_type,
+                sequence=packet.sequence,
+                timestamp=packet.timestamp,
+                ssrc=packet.ssrc,
+                marker=packet.marker,
+                event=event.event,
+                end=event.end,
+                volume=event.volume,
+                duration=event.duration,
+            )
+        )
+        if digit is not None:
+            digits.append(digit)
+    return tuple(events), "".join(digits)
 
 
 def _negotiated(response: SipResponse, offer: Sequence[Codec]) -> NegotiatedAudio:
@@ -845,6 +917,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 __all__ = [
     "ReceivedRtp",
+    "ReceivedTelephoneEvent",
     "SipCallError",
     "SipCallResult",
     "SipUac",

@@ -317,6 +317,40 @@ async def test_a_slow_tool_gets_a_holding_phrase(tmp_path: Path) -> None:
     assert_all_valid(connection)
 
 
+async def test_holding_audio_plays_while_a_slow_tool_runs(tmp_path: Path) -> None:
+    # Half a second of a distinctive pattern (no silence codes), as a raw u-law file.
+    music = bytes(0x20 + (index % 64) for index in range(4000))
+    (tmp_path / "hold.ulaw").write_bytes(music)
+    script = [ScriptedToolCall(name="slow", arguments=json.dumps({"seconds": 1.6}), dtmf="5")]
+    tool = {
+        "name": "slow",
+        "kind": "python",
+        "function": "tests.tools.sample_tools:slow_tool",
+        "timeout_s": 5,
+        "holding": "audio",
+        "holding_audio": str(tmp_path / "hold.ulaw"),
+        "holding_after_s": 0.2,
+    }
+    async with (
+        open_model_tap(script=script) as tap,
+        running_daemon(tmp_path, with_tools(tool), model_url=tap.url) as daemon,
+    ):
+        result = await call(daemon, 4.5, dtmf=[(0.3, "5")])
+        (record,) = await wait_for_record(daemon)
+        connection = only_connection(tap)
+    # The caller heard the holding audio, looped, then the model's answer with the result.
+    assert result.heard.count(music) >= 2
+    (output,) = function_outputs(connection)
+    assert json.loads(output["output"]) == {"slept_s": 1.6}
+    reply = word_beeps(AudioFormat.PCMU, 'Tool slow returned: {"slept_s": 1.6}')
+    assert reply in result.heard
+    assert result.heard.index(music) < result.heard.index(reply)
+    assert record["tool_calls"][0]["outcome"] == "ok"
+    # Holding audio is ours: the model was never told to truncate anything.
+    assert connection.client("conversation.item.truncate") == []
+    assert_all_valid(connection)
+
+
 # ---- transfer on media streams -------------------------------------------------------------------
 
 

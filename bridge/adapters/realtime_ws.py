@@ -53,6 +53,7 @@ from bridge.call.events import (
     AgentEnded,
     AgentError,
     AgentEvent,
+    AgentFunctionCall,
     AgentReady,
     CloseAgent,
     EndReason,
@@ -340,6 +341,12 @@ class _RealtimeLeg:
                     )
                     await self._events.send(event)
                 self._finished.set()
+            case AgentFunctionCall(name=name, call_id=call_id):
+                # The arguments may hold what the caller said (PII): the record keeps them.
+                self._log.info(
+                    "model called a function", extra={"tool": name, "tool_call_id": call_id}
+                )
+                await self._events.send(event)
             case AgentError(code=code, message=message):
                 self._log.warning("realtime model error", extra={"code": code, "detail": message})
                 await self._events.send(event)

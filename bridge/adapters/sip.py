@@ -14,6 +14,18 @@ answers (200 OK + SDP) on :class:`~bridge.call.events.AnswerCall`, which the cal
 model confirmed the audio format, so the caller never hears dead air and a model that fails leaves
 the call unanswered (503) instead of answered and silent. Media then runs in the shared
 :class:`~bridge.adapters.rtp.RtpEngine`.
+
+Call control (protocols.md §5.5): :class:`~bridge.call.events.TransferCall` becomes a blind
+transfer by REFER (RFC 3515, RFC 5589 §6) with Referred-By (RFC 3892; by default
+``<sip:{user}@{contact_host}>``), and the leg answers it with exactly one
+:class:`~bridge.call.events.TransferResult`: ok only when the final NOTIFY sipfrag is 2xx; a
+non-2xx answer to the REFER, a failed sipfrag, a timeout, or the call ending first are failures
+with a detail. The leg does not hang up after a success: the call sends
+``HangUp(TRANSFERRED)``, which is a normal BYE. A ``HangUp`` while the transfer is still open
+ends it without a result (the call is over). :class:`~bridge.call.events.SendDtmf` queues RFC
+4733 key presses on the call's RTP session (ignored, and logged, before the answer or when the
+call negotiated no telephone-event). Transfer events and the end of the call reach the call in
+the order they happened, through one small queue.
 """
 
 from __future__ import annotations
@@ -33,17 +45,22 @@ from bridge.call.context import CallInfo
 from bridge.call.events import (
     AnswerCall,
     CallerDtmf,
+    Capability,
     ClearAudio,
     EndReason,
     HangUp,
     PlayAudio,
+    SendDtmf,
     TelephonyCommand,
     TelephonyEnded,
     TelephonyEvent,
+    TransferCall,
+    TransferResult,
 )
 from bridge.config import SipIngressConfig, SipTransport
+from bridge.errors import LocalProtocolError
 from bridge.proto.rtp.session import RtpSession
-from bridge.proto.sip.headers import SipUri
+from bridge.proto.sip.headers import SipUri, format_host
 from bridge.proto.sip.message import SipParseError, SipStreamFramer
 from bridge.proto.sip.sdp import Direction, NegotiatedAudio
 from bridge.proto.sip.useragent import (
@@ -53,6 +70,9 @@ from bridge.proto.sip.useragent import (
     InfoDtmf,
     MediaUpdated,
     Peer,
+    ReferAnswered,
+    ReferProgress,
+    ReferTimedOut,
     SipUserAgent,
     Termination,
     Transport,
@@ -66,6 +86,9 @@ TCP_CONNECT_TIMEOUT_S = 5.0
 TCP_IDLE_TIMEOUT_S = 600.0
 # Messages a TCP peer may have queued for it before we give up on the connection.
 TCP_QUEUE = 256
+# A leg's control reports (transfer results, its end) waiting for the call to take them: a
+# handful per call at most.
+REPORT_QUEUE = 16
 
 # The final answer to an INVITE we could not take, by why the call ended before it was answered.
 _STATUS_BEFORE_ANSWER: Mapping[EndReason, int] = {
@@ -115,9 +138,10 @@ class SipCallLeg:
         self._finished = False
         self._closed = False
         self._ended: TelephonyEnded | None = None
-        self._ended_event = trio.Event()
-        self._pending_dtmf: list[str] = []
         self._events: trio.MemorySendChannel[TelephonyEvent] | None = None
+        # the transfer target while a REFER is open
+        self._transfer_target: str | None = None
+        self._reports_send, self._reports = trio.open_memory_channel[TelephonyEvent](REPORT_QUEUE)
         self._extra = {"call_id": info.call_id}
 
     @property
@@ -134,7 +158,7 @@ class SipCallLeg:
         self._events = events
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._report_end, events, nursery.cancel_scope)
+                nursery.start_soon(self._forward_reports, events, nursery.cancel_scope)
                 async for command in commands:
                     match command:
                         case AnswerCall():
@@ -145,6 +169,10 @@ class SipCallLeg:
                         case ClearAudio():
                             if self._media is not None:
                                 self._media.session.clear()
+                        case TransferCall(target=target, referred_by=referred_by):
+                            self._transfer(target, referred_by)
+                        case SendDtmf(digits=digits):
+                            self._send_dtmf(digits)
                         case HangUp(reason=reason):
                             self._hang_up(reason)
                             break
@@ -152,16 +180,28 @@ class SipCallLeg:
         finally:
             self.close(EndReason.SHUTDOWN)
 
-    async def _report_end(
+    async def _forward_reports(
         self, events: trio.MemorySendChannel[TelephonyEvent], cancel_scope: trio.CancelScope
     ) -> None:
-        await self._ended_event.wait()
-        assert self._ended is not None
-        try:
-            await events.send(self._ended)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        """Transfer results and the end of the call, in order; the leg is done after its end."""
+        async for report in self._reports:
+            try:
+                await events.send(report)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            if isinstance(report, TelephonyEnded):
+                break
         cancel_scope.cancel()
+
+    def _report(self, report: TransferResult | TelephonyEnded) -> None:
+        try:
+            self._reports_send.send_nowait(report)
+        except trio.WouldBlock:
+            # only a call that stopped reading its events gets here; it is ending anyway
+            self._endpoint.log.warning(
+                "SIP call report dropped",
+                extra={**self._extra, "report": type(report).__name__},
+            )
 
     # ---- commands ------------------------------------------------------------------------------
 
@@ -202,7 +242,77 @@ class SipCallLeg:
             extra={**self._extra, "codec": audio.codec.value, "rtp_port": self._sockets.port},
         )
 
+    def _transfer(self, target: str, referred_by: str) -> None:
+        """REFER the caller to `target`; the outcome comes back as one TransferResult."""
+        endpoint = self._endpoint
+        if self._transfer_target is not None:
+            self._report(TransferResult(False, 0, "another transfer is still under way"))
+            return
+        if self._ended is not None or self._finished:
+            self._report(TransferResult(False, 0, "the call has ended"))
+            return
+        if not self._answered:
+            self._report(TransferResult(False, 0, "the call is not answered yet"))
+            return
+        config = endpoint.config
+        referrer = referred_by or f"<sip:{config.user}@{format_host(config.contact_host)}>"
+        try:
+            sent = endpoint.ua.refer(
+                self.key, target, referred_by=referrer, now=trio.current_time()
+            )
+        except LocalProtocolError as error:
+            endpoint.log.warning(
+                "SIP transfer refused", extra={**self._extra, "target": target, "error": str(error)}
+            )
+            self._report(TransferResult(False, 0, f"cannot transfer to {target!r}: {error}"))
+            return
+        if not sent:
+            # no ACK for our 200 yet, or the dialog is ending
+            self._report(TransferResult(False, 0, "the call cannot be transferred at this moment"))
+            return
+        self._transfer_target = target
+        endpoint.log.info("SIP transfer started", extra={**self._extra, "target": target})
+        endpoint.process()
+
+    def _finish_transfer(self, ok: bool, status: int, detail: str) -> None:
+        target = self._transfer_target
+        if target is None:
+            return
+        self._transfer_target = None
+        self._endpoint.log.info(
+            "SIP transfer finished",
+            extra={**self._extra, "target": target, "ok": ok, "status": status, "detail": detail},
+        )
+        self._report(TransferResult(ok, status, detail))
+
+    def _send_dtmf(self, digits: str) -> None:
+        """RFC 4733 key presses ahead of queued audio. The digits are not logged: an IVR may be
+        asking for an account number or a PIN."""
+        log = self._endpoint.log
+        if self._media is None or self._ended is not None:
+            log.info("SIP DTMF ignored: the call is not up", extra={**self._extra})
+            return
+        try:
+            self._media.session.send_dtmf(digits)
+        except ValueError as error:
+            log.warning("SIP DTMF not sent", extra={**self._extra, "error": str(error)})
+            return
+        log.info("SIP DTMF queued", extra={**self._extra, "digits": len(digits)})
+
     def _hang_up(self, reason: EndReason) -> None:
+        if self._transfer_target is not None:
+            # the call is over for the control loop: nobody waits for the transfer's result
+            self._endpoint.log.info(
+                "SIP transfer finished",
+                extra={
+                    **self._extra,
+                    "target": self._transfer_target,
+                    "ok": False,
+                    "status": 0,
+                    "detail": f"hung up ({reason.value}) before the outcome",
+                },
+            )
+            self._transfer_target = None
         if self._finished:
             return
         endpoint = self._endpoint
@@ -261,6 +371,7 @@ class SipCallLeg:
     def shut_down(self) -> None:
         """The daemon stops: end the SIP side (BYE, or 503 before the answer) and tell the call."""
         if self._ended is None:
+            self._finish_transfer(False, 0, "the daemon is shutting down")
             self._hang_up(EndReason.SHUTDOWN)
             self.end(EndReason.SHUTDOWN, "the daemon is shutting down")
 
@@ -270,8 +381,9 @@ class SipCallLeg:
         """The caller's side is over (BYE, CANCEL, no ACK, no RTP)."""
         if self._ended is not None:
             return
+        self._finish_transfer(False, 0, "the call ended before the transfer completed")
         self._ended = TelephonyEnded(reason, detail)
-        self._ended_event.set()
+        self._report(self._ended)
 
     def terminated(self, termination: Termination) -> None:
         self._finished = True
@@ -311,6 +423,40 @@ class SipCallLeg:
                 "direction": audio.direction.value,
             },
         )
+
+    def refer_answered(self, status: int, reason: str) -> None:
+        if self._transfer_target is None:
+            return
+        self._endpoint.log.info(
+            "SIP transfer answered", extra={**self._extra, "status": status, "reason": reason}
+        )
+        if status >= 300:
+            self._finish_transfer(False, status, f"the REFER was refused: {status} {reason}")
+
+    def refer_progress(self, status: int, reason: str, final: bool) -> None:
+        if self._transfer_target is None:
+            return
+        self._endpoint.log.debug(
+            "SIP transfer progress",
+            extra={**self._extra, "status": status, "reason": reason, "final": final},
+        )
+        if not final:
+            return
+        if 200 <= status < 300:
+            self._finish_transfer(True, status, f"the target answered: {status} {reason}")
+        elif status == 0:
+            self._finish_transfer(False, 0, "the transfer report (NOTIFY) was unreadable")
+        elif status < 200:
+            self._finish_transfer(
+                False, status, f"the transfer report ended at {status} {reason}, unanswered"
+            )
+        else:
+            self._finish_transfer(
+                False, status, f"the target did not take the call: {status} {reason}"
+            )
+
+    def refer_timed_out(self, detail: str) -> None:
+        self._finish_transfer(False, 0, detail)
 
     def info_dtmf(self, digit: str) -> None:
         if self._events is None:
@@ -438,6 +584,15 @@ class _SipEndpoint:
                 case CallTerminated(call=key, reason=termination):
                     if (leg := self._legs.get(key)) is not None:
                         leg.terminated(termination)
+                case ReferAnswered(call=key, status=status, reason=reason):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.refer_answered(status, reason)
+                case ReferProgress(call=key, status=status, reason=reason, final=final):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.refer_progress(status, reason, final)
+                case ReferTimedOut(call=key, detail=detail):
+                    if (leg := self._legs.get(key)) is not None:
+                        leg.refer_timed_out(detail)
         for data, peer in ua.messages_to_send():
             self._send(data, peer)
         self._timer_changed.set()
@@ -718,6 +873,10 @@ def _call_info(call_id: str, event: IncomingCall, header_names: tuple[str, ...])
         if value is not None:
             variables[name.lower().replace("-", "_")] = value
     source = event.source
+    capabilities = {Capability.TRANSFER}
+    if event.audio.dtmf_payload_type is not None:
+        # RFC 4733 needs the telephone-event payload type the caller offered
+        capabilities.add(Capability.SEND_DTMF)
     return CallInfo(
         call_id=call_id,
         ingress=INGRESS,
@@ -729,6 +888,7 @@ def _call_info(call_id: str, event: IncomingCall, header_names: tuple[str, ...])
             "sip_call_id": event.call_id,
             "sip_source": f"{source.transport.value.lower()}:{source.host}:{source.port}",
         },
+        capabilities=frozenset(capabilities),
     )
 
 

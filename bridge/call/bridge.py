@@ -37,7 +37,7 @@ same response:
   ``function_call_output`` items followed by exactly one ``response.create`` (the agent leg holds
   it while another response is active). Bad JSON arguments, unknown tools, bad digits or targets
   are error outputs at once; nothing a model sends raises. The calls of a response that was
-  cancelled (the caller barged in) or failed are not run to the end (realtime-api.md §8): what
+  cancelled (the caller barged in) are not run to the end (realtime-api.md §8): what
   is still running is cancelled, a pending hang-up or transfer is dropped, and the outputs go
   back without a ``response.create``, since the caller is talking.
 * Holding: when a call of the batch has ``holding`` set and results are still missing after its
@@ -316,7 +316,7 @@ class CallBridge:
             case TransferResult():
                 return self._transfer_result(event, now)
             case AgentSpeechStarted():
-                return self._speech_started()
+                return self._speech_started(now)
             case CallerDtmf(digit=digit):
                 return self._dtmf(digit, now)
             case AgentReady(session_id=session_id):
@@ -458,6 +458,10 @@ class CallBridge:
         if event.response_id in self._interrupted_responses:
             self._dropped_model_bytes += len(event.payload)
             return []
+        commands: list[Command] = []
+        for batch in self._batches.values():
+            if batch.holding_item is not None and not batch.delivered:
+                commands += self._stop_holding_audio(batch.holding_item)
         item = self._items.get(event.item_id)
         if item is None:
             item = self._items[event.item_id] = _ItemAudio(event.response_id)
@@ -468,9 +472,9 @@ class CallBridge:
         whole = len(audio) - len(audio) % g711.FRAME_BYTES
         item.tail = audio[whole:]
         if not whole:
-            return []
+            return commands
         item.sent += whole
-        return [PlayAudio(event.item_id, audio[:whole])]
+        return [*commands, PlayAudio(event.item_id, audio[:whole])]
 
     def _response_done(self, event: AgentResponseDone, now: float) -> list[Command]:
         _add_usage(self.usage, event.usage)
@@ -481,7 +485,7 @@ class CallBridge:
         batch = self._batches.get(event.response_id)
         if batch is not None:
             batch.response_done = True
-            if event.status in ("cancelled", "failed"):
+            if event.status == "cancelled":
                 commands += self._abandon(batch, event.status, now)
             commands += self._deliver(batch)
         handover = self._handover
@@ -503,7 +507,7 @@ class CallBridge:
             commands.append(PlayAudio(item_id, frame))
         return commands
 
-    def _speech_started(self) -> list[Command]:
+    def _speech_started(self, now: float) -> list[Command]:
         if not self.settings.barge_in:
             return []
         if self._active_response is not None:
@@ -512,7 +516,7 @@ class CallBridge:
             self._interrupted_responses.add(self._active_response)
         unheard = self.unheard_items()
         if not unheard:
-            return []
+            return self._drop_interrupted_handover(now)
         self._barge_ins += 1
         commands: list[Command] = [ClearAudio()]
         for item_id in unheard:
@@ -532,7 +536,24 @@ class CallBridge:
             if heard_ms > 0:
                 self._truncations += 1
                 commands.append(TruncateItem(item_id, heard_ms))
-        return commands
+        return commands + self._drop_interrupted_handover(now)
+
+    def _drop_interrupted_handover(self, now: float) -> list[Command]:
+        """The caller cut into the reply that announced a hang-up or transfer: it is off."""
+        handover = self._handover
+        if handover is None or handover.started:
+            return []
+        if handover.call.response_id not in self._interrupted_responses:
+            return []
+        self._handover = None
+        # The caller is talking: the output goes back without asking for a response.
+        self._batches[handover.call.response_id].abandoned = True
+        return self._finish(
+            handover.call,
+            ToolOutcome.CANCELLED,
+            "the caller interrupted before hearing the end of the reply",
+            now,
+        )
 
     def _dtmf(self, digit: str, now: float) -> list[Command]:
         self.digits += digit
@@ -575,6 +596,8 @@ class CallBridge:
     def _function_call(self, event: AgentFunctionCall, now: float) -> list[Command]:
         if event.call_id in self._tool_calls:
             return []
+        if not event.response_id and self._active_response is not None:
+            event = attrs.evolve(event, response_id=self._active_response)
         try:
             arguments: dict[str, Any] | None = toolkit.parse_arguments(event.arguments)
             problem = ""
@@ -642,6 +665,7 @@ class CallBridge:
                 reason = arguments.get("reason")
                 call.detail = reason if isinstance(reason, str) else ""
                 self._handover = _Handover(call, builtin)
+                self._set_handover_deadline(now)
                 return self._after_playout(now)
             case BuiltinTool.TRANSFER_CALL:
                 if self._handover is not None:
@@ -660,7 +684,13 @@ class CallBridge:
                 except ValueError as error:
                     return self._finish(call, ToolOutcome.INVALID_ARGUMENTS, str(error), now)
                 self._handover = _Handover(call, builtin, target=target)
+                self._set_handover_deadline(now)
                 return self._after_playout(now)
+
+    def _set_handover_deadline(self, now: float) -> None:
+        handover = self._handover
+        if handover is not None and handover.call.response_id in self._done_responses:
+            handover.deadline = now + self._unheard_seconds() + PLAYOUT_GRACE_S
 
     def _unheard_seconds(self) -> float:
         unheard = sum(item.sent - item.played for item in self._items.values() if not item.local)
@@ -704,7 +734,11 @@ class CallBridge:
 
     def _transfer_result(self, result: TransferResult, now: float) -> list[Command]:
         handover = self._handover
-        if handover is None or handover.builtin is not BuiltinTool.TRANSFER_CALL:
+        if (
+            handover is None
+            or handover.builtin is not BuiltinTool.TRANSFER_CALL
+            or not handover.started
+        ):
             return []
         return self._transfer_outcome(handover, result.ok, result.status, result.detail, now)
 

@@ -99,6 +99,8 @@ def parse_arguments(raw: str) -> dict[str, Any]:
         arguments = json.loads(raw)
     except ValueError as error:
         raise ValueError(f"the arguments are not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError("the arguments are nested too deeply") from None
     if not isinstance(arguments, dict):
         raise ValueError(f"the arguments must be a JSON object, not {type(arguments).__name__}")
     return arguments

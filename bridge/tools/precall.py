@@ -38,6 +38,8 @@ def parse_precall_reply(body: str) -> PrecallResult:
         reply = json.loads(body) if body.strip() else {}
     except ValueError as error:
         raise ValueError(f"the reply is not JSON ({error})") from None
+    except RecursionError:
+        raise ValueError("the reply is nested too deeply") from None
     if not isinstance(reply, dict):
         raise ValueError("the reply is not a JSON object")
     variables = reply.get("variables", {})

@@ -152,7 +152,7 @@ class ToolRunner:
                 error_output(ToolOutcome.ERROR, message),
                 f"{failure.code}: {failure.message}",
             )
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             # An operator's Python tool may raise anything; the call goes on.
             self.log.warning("tool raised", extra=dict(extra), exc_info=error)
             message = f"{tool.name} failed: {type(error).__name__}: {error}"

@@ -10,6 +10,7 @@ deadline or any cancellation ends the wait first, ``trio.run_process`` kills the
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import socket
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+
+from bridge.proto.sip.message import SipParseError, SipRequest, SipResponse, parse_message
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "sipp"
 # Beyond sipp's own -timeout: how long we wait for it to exit before we kill it.
@@ -172,3 +175,40 @@ def _read(path: Path) -> str:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+# One entry of sipp's -trace_msg log: a dashed line with the time, then a line such as
+# "UDP message received [437] bytes :" or "UDP message sent (308 bytes):", a blank line, and the
+# message itself.
+_LOG_ENTRY = re.compile(
+    r"^-{20,} [^\n]*\n(?:UDP|TCP|TLS|SCTP) message (?P<direction>received|sent) "
+    r"[\[(](?P<size>\d+)[\])]? ?bytes\)? ?:\n\n",
+    re.MULTILINE,
+)
+
+
+def logged_messages(message_log: str, *, received: bool) -> list[SipRequest | SipResponse]:
+    """The SIP messages sipp received (or sent) in a run, parsed, in order, from its message log
+    (`SippResult.message_log`); entries that do not parse are left out."""
+    wanted = "received" if received else "sent"
+    messages: list[SipRequest | SipResponse] = []
+    for entry in _LOG_ENTRY.finditer(message_log):
+        if entry.group("direction") != wanted:
+            continue
+        start = entry.end()
+        data = message_log[start : start + int(entry.group("size"))]
+        try:
+            messages.append(parse_message(data.encode("utf-8", "surrogateescape")))
+        except SipParseError:
+            continue
+    return messages
+
+
+def requests_received(result: SippResult, method: str) -> list[SipRequest]:
+    """The requests of `method` (REFER, BYE...) sipp received from the daemon, retransmissions
+    included."""
+    return [
+        message
+        for message in logged_messages(result.message_log, received=True)
+        if isinstance(message, SipRequest) and message.method == method
+    ]

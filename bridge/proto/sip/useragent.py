@@ -6,7 +6,9 @@ retransmission until the ACK), §14.2 (re-INVITE), §15 (BYE both ways), §9.2 (
 §17.2 (non-INVITE client, INVITE and non-INVITE server transactions, timers E F G H I J K), §18.2.2
 (responses go to the request's source; Via ``received``), RFC 3581 (``rport``), RFC 6026 (the
 INVITE server transaction's Accepted state, Timer L), RFC 3311 (UPDATE), RFC 3264 (offer/answer,
-via :mod:`bridge.proto.sip.sdp`). Interop rules: protocols.md §5.
+via :mod:`bridge.proto.sip.sdp`), and the transferor's side of a blind transfer: RFC 3515 (REFER
+and its implicit ``refer`` subscription, NOTIFY with message/sipfrag), RFC 3892 (Referred-By),
+RFC 5589 §6 (the call flow). Interop rules: protocols.md §5.
 
 How it is used (DESIGN.md rules 2 and 3)
 ----------------------------------------
@@ -16,7 +18,8 @@ message to :meth:`SipUserAgent.receive_message`, and a framer's SipParseError to
 whatever :meth:`~SipUserAgent.messages_to_send` returns, hands the events of
 :meth:`~SipUserAgent.next_event` to the call legs, and calls :meth:`~SipUserAgent.handle_timeout`
 at :meth:`~SipUserAgent.next_deadline`. A call leg drives its call with :meth:`~SipUserAgent.ring`,
-:meth:`~SipUserAgent.answer`, :meth:`~SipUserAgent.reject` and :meth:`~SipUserAgent.hang_up`. One
+:meth:`~SipUserAgent.answer`, :meth:`~SipUserAgent.reject`, :meth:`~SipUserAgent.hang_up` and
+:meth:`~SipUserAgent.refer` (blind transfer). One
 core serves every call of a listener; nothing here looks up DNS, so every destination is an IP
 literal or the address a request came from.
 
@@ -63,7 +66,7 @@ Non-INVITE server transaction (§17.2.2): every non-INVITE request is answered a
 transaction is born COMPLETED holding its response; over UDP it resends that response to each
 retransmission until Timer J (64*T1) forgets it; over TCP (Timer J = 0) nothing is kept.
 
-Non-INVITE client transaction (§17.1.2), our BYE:
+Non-INVITE client transaction (§17.1.2), our BYE and REFER:
 
 ==========  ===========================================================================  ==========
 state       input -> action                                                              next
@@ -71,9 +74,9 @@ state       input -> action                                                     
 TRYING      Timer E (UDP only) -> resend; interval doubles up to T2                      TRYING
 TRYING      1xx -> Timer E interval becomes T2                                           PROCEEDING
 TRY, PROC   final response (2xx, also 481/408) -> stop E and F; Timer K: T4 UDP, 0 TCP   COMPLETED
-TRY, PROC   Timer F (64*T1) -> give up                                                   (gone)
+TRY, PROC   Timer F (64*T1) -> give up (a REFER: ReferTimedOut)                         (gone)
 COMPLETED   response retransmission -> absorbed                                          COMPLETED
-COMPLETED   Timer K -> forget the transaction and its dialog                             (gone)
+COMPLETED   Timer K -> forget the transaction (a BYE's: and its dialog)                  (gone)
 ==========  ===========================================================================  ==========
 
 Theory of operation: dialogs
@@ -112,6 +115,41 @@ the 2xx and reach a caller that has no dialog to match it with yet). So a hang_u
 `bye_pending`: the 2xx is still resent on its schedule, and the BYE goes when the last awaited
 ACK arrives, or at once when a 2xx times out without one. The leg asked for the end, so it gets no
 event for it, not even CallTerminated(ACK_TIMEOUT).
+
+Theory of operation: blind transfer (REFER)
+-------------------------------------------
+:meth:`~SipUserAgent.refer` sends an in-dialog REFER (RFC 3515 §2.4, RFC 5589 §6) built like our
+BYE (remote target, route set, swapped From/To, our next CSeq) plus Contact, ``Refer-To`` and
+``Referred-By`` (RFC 3892), as a non-INVITE client transaction (Timer E on UDP, Timer F). The
+peer answers 202 and then reports how its new call goes in NOTIFYs of the implicit ``refer``
+subscription: ``Event: refer`` (``;id=`` the REFER's CSeq number, RFC 3515 §2.4.6, when given),
+``Subscription-State``, and a message/sipfrag body whose status line is the new call's. Every
+NOTIFY gets 200, readable or not, before the dialog ends and while we hang up (a 405 there
+was a real interop bug, protocols.md §5.5); once the dialog is gone, 481.
+
+One REFER at a time per call. Each row: state, input -> event -> next state.
+
+==========  ===========================================================================  ==========
+state       input -> event                                                               next
+==========  ===========================================================================  ==========
+(none)      refer() on a confirmed call -> the REFER goes out                            SENT
+SENT        1xx -> none (Timer E slows to T2)                                            SENT
+SENT        2xx (202; 200 from old stacks) -> ReferAnswered; notify timer 64*T1          ACCEPTED
+SENT        3xx-6xx -> ReferAnswered (the transfer failed)                               (none)
+SENT        Timer F, no NOTIFY either -> ReferTimedOut                                   (none)
+SENT, ACC   NOTIFY, sipfrag 1xx, subscription active -> ReferProgress(final=False)       ACCEPTED
+SENT, ACC   NOTIFY, sipfrag >= 200 or subscription terminated -> ReferProgress(final)    (none)
+ACCEPTED    notify timer (no final NOTIFY 64*T1 after the 2xx) -> ReferTimedOut          (none)
+any         hang_up(), BYE from the peer, no ACK (the call ends) -> none                 (none)
+==========  ===========================================================================  ==========
+
+A NOTIFY may overtake the 202 over UDP: it counts (and starts the notify timer) all the same, and
+a 2xx arriving after the final NOTIFY raises nothing. An unreadable sipfrag is ReferProgress with
+status 0, final when the subscription is terminated. NOTIFYs of another package, with another
+``id`` or without a REFER in progress only get their 200. The transfer succeeded exactly when the
+final ReferProgress carries a 2xx status; the leg decides that, and then hangs up (BYE) itself —
+or the peer sends BYE, which is served as always. A 481 or 408 to the REFER is reported like any
+failure and leaves the call up (the peer may still be there; an RTP timeout ends a dead call).
 
 New INVITEs are checked in this order, each failure a final response after the 100 Trying (and
 counted in `calls_rejected`): not `accepting` -> 503 + Retry-After; a Require option tag -> 420 +
@@ -152,7 +190,15 @@ import attrs
 
 from bridge.call.events import Codec
 from bridge.errors import LocalProtocolError
-from bridge.proto.sip.headers import CSeq, NameAddr, SipUri, Via, format_host
+from bridge.proto.sip.headers import (
+    CSeq,
+    NameAddr,
+    SipUri,
+    Via,
+    find_param,
+    format_host,
+    parse_params,
+)
 from bridge.proto.sip.message import (
     Headers,
     SipMessage,
@@ -181,6 +227,9 @@ __all__ = [
     "InfoDtmf",
     "MediaUpdated",
     "Peer",
+    "ReferAnswered",
+    "ReferProgress",
+    "ReferTimedOut",
     "SipUserAgent",
     "Termination",
     "Transport",
@@ -389,7 +438,46 @@ class CallTerminated:
     detail: str
 
 
-UserAgentEvent = IncomingCall | CallConfirmed | MediaUpdated | InfoDtmf | CallTerminated
+@attrs.frozen
+class ReferAnswered:
+    """The final response to our REFER: a 2xx (202 Accepted, or 200 from older stacks) means the
+    peer took the transfer on and NOTIFYs follow; any other status ends the transfer, failed."""
+
+    call: str
+    status: int
+    reason: str
+
+
+@attrs.frozen
+class ReferProgress:
+    """A NOTIFY about our REFER: the status line of its message/sipfrag body (`status` 0 when the
+    body is unreadable). `final`: the outcome is known (a status of 200 or more, or the
+    subscription terminated); the transfer succeeded exactly when a final one has a 2xx."""
+
+    call: str
+    status: int
+    reason: str
+    final: bool
+
+
+@attrs.frozen
+class ReferTimedOut:
+    """Our REFER got no answer within Timer F, or no final NOTIFY within 64*T1 after its 2xx."""
+
+    call: str
+    detail: str
+
+
+UserAgentEvent = (
+    IncomingCall
+    | CallConfirmed
+    | MediaUpdated
+    | InfoDtmf
+    | CallTerminated
+    | ReferAnswered
+    | ReferProgress
+    | ReferTimedOut
+)
 
 
 # ---- internal state ----------------------------------------------------------------------------
@@ -472,6 +560,7 @@ class _NonInviteTransaction:
 
 @attrs.define(eq=False)
 class _ClientTransaction:
+    method: str
     branch: str
     data: bytes
     peer: Peer
@@ -480,6 +569,16 @@ class _ClientTransaction:
     interval: float = 0.0
     retransmit_timer: int | None = None
     end_timer: int | None = None
+
+
+@attrs.define(eq=False)
+class _Refer:
+    """Our REFER in progress on a dialog, until its outcome is known (or the call ends)."""
+
+    cseq: int
+    client: _ClientTransaction
+    heard: bool = False  # a 2xx or a NOTIFY came: the notify timer runs
+    notify_timer: int | None = None
 
 
 @attrs.define(eq=False)
@@ -506,6 +605,7 @@ class _Dialog:
     awaiting_ack: dict[int, _InviteTransaction] = attrs.Factory(dict)
     bye: _ClientTransaction | None = None
     bye_pending: bool = False  # hang_up() came while a 2xx awaited its ACK (§15)
+    refer: _Refer | None = None
 
     @property
     def transport(self) -> Transport:
@@ -687,10 +787,39 @@ class SipUserAgent:
         elif dialog.state is _DialogState.TERMINATING:
             return
         elif dialog.awaiting_ack:
+            self._end_refer(dialog)
             dialog.state = _DialogState.TERMINATING
             dialog.bye_pending = True
         else:
             self._send_bye(dialog, now)
+
+    def refer(self, call: str, refer_to: str, *, referred_by: str, now: float) -> bool:
+        """Blind transfer: an in-dialog REFER to `refer_to` (RFC 3515, RFC 5589 §6).
+
+        `refer_to` and `referred_by` are URIs (``sip:2001@pbx.example``) or name-addrs
+        (``"Desk" <sip:2001@pbx.example>``); an empty `referred_by` leaves Referred-By out. The
+        outcome comes as ReferAnswered, ReferProgress and ReferTimedOut events (see the module
+        docstring); the call stays up either way.
+
+        Returns False, sending nothing, when the call cannot be transferred now: unknown, ended
+        or ending, or not yet confirmed by the ACK of our 200 (the peer might not know the
+        dialog yet). Raises LocalProtocolError while a REFER of this call is still in progress
+        (one at a time: the leg waits for the outcome), or for an address that is no usable
+        sip:, sips: or tel: URI.
+        """
+        target = _address_header(refer_to)
+        referrer = _address_header(referred_by) if referred_by else None
+        dialog = self._calls.get(call)
+        if dialog is None or dialog.state is not _DialogState.CONFIRMED:
+            return False
+        if dialog.refer is not None:
+            raise LocalProtocolError(f"a REFER of call {call} is still in progress")
+        extra = [("Contact", self._contact(dialog.transport)), ("Refer-To", target)]
+        if referrer is not None:
+            extra.append(("Referred-By", referrer))
+        client = self._send_request(dialog, "REFER", now, extra=extra)
+        dialog.refer = _Refer(cseq=dialog.local_cseq, client=client)
+        return True
 
     # ---- dispatch ------------------------------------------------------------------------------
 
@@ -937,6 +1066,7 @@ class SipUserAgent:
                 self._events.append(InfoDtmf(dialog.call, digit))
         elif method == "NOTIFY":
             self._respond(request, 200, now)
+            self._refer_notified(dialog, request, now)
         else:  # OPTIONS: a keep-alive of this call, answered even while we refuse new calls
             self._respond(request, 200, now, extra=self._capabilities())
 
@@ -1099,7 +1229,7 @@ class SipUserAgent:
             self._malformed += 1
             return
         client = self._clients.get(branch or "")
-        if client is None or cseq is None or cseq.method != "BYE":
+        if client is None or cseq is None or cseq.method != client.method:
             self._unmatched += 1
             return
         if client.state is _ClientState.COMPLETED:
@@ -1108,7 +1238,7 @@ class SipUserAgent:
             client.state = _ClientState.PROCEEDING
             client.interval = self.settings.t2
             return
-        # any final ends the dialog: 2xx, and 481/408 too (protocols.md §5.5)
+        # a final to our BYE ends the dialog: 2xx, and 481/408 too (protocols.md §5.5)
         client.state = _ClientState.COMPLETED
         self._cancel(client.retransmit_timer)
         self._cancel(client.end_timer)
@@ -1119,6 +1249,8 @@ class SipUserAgent:
             )
         else:
             self._drop_client(client)  # Timer K is 0 on reliable transports
+        if client.method == "REFER":
+            self._refer_answered(client, response, now)
 
     # ---- INVITE server transactions ------------------------------------------------------------
 
@@ -1276,10 +1408,23 @@ class SipUserAgent:
     # ---- our BYE -------------------------------------------------------------------------------
 
     def _send_bye(self, dialog: _Dialog, now: float) -> None:
-        """§15.1.1 and protocols.md §5.5: From/To swapped, our CSeq, the route set as Route."""
+        """§15.1.1: the call is over for us; the dialog lives until the BYE's transaction ends."""
         self._stop_2xx_retransmissions(dialog)
+        self._end_refer(dialog)
         dialog.state = _DialogState.TERMINATING
         dialog.bye_pending = False
+        dialog.bye = self._send_request(dialog, "BYE", now)
+
+    def _send_request(
+        self,
+        dialog: _Dialog,
+        method: str,
+        now: float,
+        *,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> _ClientTransaction:
+        """An in-dialog request as a non-INVITE client transaction (§12.2.1.1, §17.1.2; protocols.md
+        §5.5): From/To swapped, our next CSeq, the route set as Route, a new branch."""
         dialog.local_cseq += 1
         branch = MAGIC_COOKIE + self._token()
         transport = dialog.transport.value
@@ -1295,13 +1440,15 @@ class SipUserAgent:
             ("From", dialog.local_uri),
             ("To", dialog.remote_uri),
             ("Call-ID", dialog.call_id),
-            ("CSeq", f"{dialog.local_cseq} BYE"),
+            ("CSeq", f"{dialog.local_cseq} {method}"),
+            *extra,
             ("User-Agent", self.settings.server),
         ]
-        data = serialize(SipRequest("BYE", request_uri, Headers(tuple(fields))))
+        data = serialize(SipRequest(method, request_uri, Headers(tuple(fields))))
         peer = self._destination(dialog, next_hops)
-        client = _ClientTransaction(branch=branch, data=data, peer=peer, dialog=dialog)
-        dialog.bye = client
+        client = _ClientTransaction(
+            method=method, branch=branch, data=data, peer=peer, dialog=dialog
+        )
         self._clients[branch] = client
         self._send(data, peer)
         if peer.transport is Transport.UDP:
@@ -1310,8 +1457,9 @@ class SipUserAgent:
                 now + self.settings.t1, lambda now: self._timer_e(client, now)
             )
         client.end_timer = self._schedule(
-            now + 64 * self.settings.t1, lambda now: self._drop_client(client)
+            now + 64 * self.settings.t1, lambda now: self._timer_f(client)
         )
+        return client
 
     def _request_target(self, dialog: _Dialog) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         """Request-URI, Route headers and the next hops to try (§12.2.1.1): loose routing puts
@@ -1356,8 +1504,20 @@ class SipUserAgent:
             now + client.interval, lambda now: self._timer_e(client, now)
         )
 
+    def _timer_f(self, client: _ClientTransaction) -> None:
+        """No final response within 64*T1: the transaction gives up (§17.1.2.2)."""
+        client.end_timer = None
+        refer = client.dialog.refer
+        if refer is not None and refer.client is client and not refer.heard:
+            seconds = 64 * self.settings.t1
+            self._finish_refer(
+                client.dialog,
+                ReferTimedOut(client.dialog.call, f"no answer to the REFER within {seconds:g} s"),
+            )
+        self._drop_client(client)
+
     def _drop_client(self, client: _ClientTransaction) -> None:
-        """Timer K or F: the BYE is done (answered or given up), and so is its dialog."""
+        """Timer K or F: the request is done (answered or given up); a BYE's dialog too."""
         self._cancel(client.retransmit_timer)
         self._cancel(client.end_timer)
         client.retransmit_timer = client.end_timer = None
@@ -1367,6 +1527,76 @@ class SipUserAgent:
         if dialog.bye is client:
             dialog.bye = None
             self._forget_dialog(dialog)
+
+    # ---- our REFER -----------------------------------------------------------------------------
+
+    def _refer_answered(
+        self, client: _ClientTransaction, response: SipResponse, now: float
+    ) -> None:
+        dialog = client.dialog
+        refer = dialog.refer
+        if refer is None or refer.client is not client:
+            return  # the transfer is over already (a final NOTIFY overtook this, the call ended)
+        event = ReferAnswered(dialog.call, response.status, response.reason)
+        if response.status >= 300:
+            self._finish_refer(dialog, event)
+            return
+        self._events.append(event)
+        self._refer_heard(dialog, refer, now)
+
+    def _refer_notified(self, dialog: _Dialog, request: _Request, now: float) -> None:
+        """A NOTIFY already answered 200: the progress of our REFER, if it is about that."""
+        refer = dialog.refer
+        if refer is None or dialog.state is _DialogState.TERMINATING:
+            return
+        package, _, param_text = (request.headers.get("Event") or "").partition(";")
+        if package.strip().lower() != "refer":
+            return
+        try:
+            subscription_id = find_param(parse_params(param_text), "id")
+        except SipParseError:
+            subscription_id = None
+        if subscription_id is not None and subscription_id != str(refer.cseq):
+            return  # about an earlier REFER of this dialog (RFC 3515 §2.4.6)
+        state = (request.headers.get("Subscription-State") or "").partition(";")[0]
+        terminated = state.strip().lower() == "terminated"
+        status, reason = _sipfrag_status(request.message.body)
+        final = terminated or status >= 200
+        progress = ReferProgress(dialog.call, status, reason, final)
+        if final:
+            self._finish_refer(dialog, progress)
+            return
+        self._events.append(progress)
+        self._refer_heard(dialog, refer, now)
+
+    def _refer_heard(self, dialog: _Dialog, refer: _Refer, now: float) -> None:
+        """The peer has the REFER: from now on the final NOTIFY has 64*T1 to come."""
+        if refer.heard:
+            return
+        refer.heard = True
+        seconds = 64 * self.settings.t1
+
+        def give_up(now: float) -> None:
+            refer.notify_timer = None
+            if dialog.refer is refer:
+                detail = f"no final NOTIFY within {seconds:g} s of the REFER's acceptance"
+                self._finish_refer(dialog, ReferTimedOut(dialog.call, detail))
+
+        refer.notify_timer = self._schedule(now + seconds, give_up)
+
+    def _finish_refer(
+        self, dialog: _Dialog, event: ReferAnswered | ReferProgress | ReferTimedOut
+    ) -> None:
+        self._end_refer(dialog)
+        self._events.append(event)
+
+    def _end_refer(self, dialog: _Dialog) -> None:
+        """Forget the REFER in progress, if any (its transaction runs on; answers raise nothing)."""
+        refer = dialog.refer
+        if refer is not None:
+            self._cancel(refer.notify_timer)
+            refer.notify_timer = None
+            dialog.refer = None
 
     # ---- dialogs -------------------------------------------------------------------------------
 
@@ -1378,6 +1608,7 @@ class SipUserAgent:
 
     def _forget_dialog(self, dialog: _Dialog) -> None:
         self._stop_2xx_retransmissions(dialog)
+        self._end_refer(dialog)
         if self._dialogs.get(dialog.key) is dialog:
             del self._dialogs[dialog.key]
         if self._calls.get(dialog.call) is dialog:
@@ -1638,3 +1869,37 @@ def _dtmf_digit(content_type: str | None, body: bytes) -> str | None:
         return None
     digit = _DTMF_EVENT_CODES.get(value, value.upper())
     return digit if digit in DTMF_DIGITS else None
+
+
+def _address_header(text: str) -> str:
+    """A Refer-To or Referred-By value: a URI in <brackets> (display name and header parameters
+    kept); LocalProtocolError for anything that is no sip:, sips: or tel: URI, or could break
+    the message (line breaks, controls)."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise LocalProtocolError(f"{text!r} holds control characters")
+    stripped = text.strip()
+    # A bare URI is bracketed whole: its ;params and ?headers belong to the URI, not the header.
+    candidate = stripped if "<" in stripped else f"<{stripped}>"
+    try:
+        address = NameAddr.parse(candidate)
+        SipUri.parse(address.uri)
+    except SipParseError as error:
+        raise LocalProtocolError(f"{text!r} is not a usable address: {error.reason}") from None
+    if any(char in address.uri for char in ' \t"<>'):
+        raise LocalProtocolError(f"{text!r} is not a usable address")
+    return str(address)
+
+
+def _sipfrag_status(body: bytes) -> tuple[int, str]:
+    """The status of a message/sipfrag body's start line (RFC 3420): ``SIP/2.0 200 OK`` gives
+    (200, "OK"); (0, why) when there is none to read."""
+    text = body.decode("utf-8", "replace").lstrip("\r\n \t")
+    line = text.splitlines()[0].strip() if text else ""
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.upper().startswith("SIP/") or len(code) != 3 or not code.isdigit():
+        return 0, "unreadable sipfrag"
+    status = int(code)
+    if not 100 <= status <= 699:
+        return 0, "unreadable sipfrag"
+    return status, reason.strip() or reason_phrase(status)
