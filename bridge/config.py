@@ -789,6 +789,15 @@ class SipIngressConfig:
             yield ("rtp_port_max", "the RTP port range must hold at least two ports (RTP + RTCP)")
 
 
+def _secret_header_sources(
+    headers_env: Mapping[str, str], headers_file: Mapping[str, str]
+) -> dict[str, SecretSource]:
+    """One SecretSource per secret header; the environment wins where both name a header."""
+    sources = {name: SecretSource(file=path) for name, path in headers_file.items()}
+    sources.update({name: SecretSource(env=env) for name, env in headers_env.items()})
+    return sources
+
+
 DEFAULT_HOLDING_PHRASE: Final = (
     "Tell the caller in a few words that you are looking into it and will be right back. "
     "Say nothing else."
@@ -851,9 +860,7 @@ class ToolConfig:
 
     def secret_headers(self) -> dict[str, SecretSource]:
         """Header names whose values are secrets, and where each is read from."""
-        sources = {name: SecretSource(file=path) for name, path in self.headers_file.items()}
-        sources.update({name: SecretSource(env=env) for name, env in self.headers_env.items()})
-        return sources
+        return _secret_header_sources(self.headers_env, self.headers_file)
 
     def _problems(self) -> Iterator[tuple[str, str]]:
         builtin = self.builtin
@@ -939,9 +946,8 @@ class PrecallHookConfig:
     )
 
     def secret_headers(self) -> dict[str, SecretSource]:
-        sources = {name: SecretSource(file=path) for name, path in self.headers_file.items()}
-        sources.update({name: SecretSource(env=env) for name, env in self.headers_env.items()})
-        return sources
+        """Header names whose values are secrets, and where each is read from."""
+        return _secret_header_sources(self.headers_env, self.headers_file)
 
 
 @attrs.frozen(kw_only=True)
