@@ -33,10 +33,9 @@ from bridge.call.events import (
     TelephonyCommand,
     TelephonyEnded,
     ToolCommand,
-    ToolFinished,
     ToolOutcome,
 )
-from bridge.call.tools import error_output
+from bridge.call.tools import tool_failure
 from bridge.logs import CallLogger
 
 RecordWriter = Callable[[dict[str, Any]], Awaitable[None]]
@@ -124,15 +123,7 @@ async def _relay(
                     await to_tools_send.send(command)
                 elif isinstance(command, RunTool):
                     message = "no tool runner is available for this call"
-                    _report(
-                        inbox_send,
-                        ToolFinished(
-                            command.call_id,
-                            ToolOutcome.ERROR,
-                            error_output(ToolOutcome.ERROR, message),
-                            message,
-                        ),
-                    )
+                    _report(inbox_send, tool_failure(command.call_id, ToolOutcome.ERROR, message))
             else:
                 await to_agent_send.send(command)
 

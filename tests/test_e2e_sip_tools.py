@@ -18,8 +18,8 @@ import trio
 from bridge.agent.loopback import AudioFormat, ScriptedToolCall, word_beeps
 from bridge.sip_caller import place_call
 from tests.support.daemon import merge, running_daemon
-from tests.support.model_tap import open_model_tap
-from tests.support.sipp import requests_received, run_sipp, sipp_binary
+from tests.support.model_tap import TappedConnection, open_model_tap
+from tests.support.sipp import SippResult, requests_received, run_sipp, sipp_binary
 from tests.test_e2e_sip import SIP_ONLY, wait_for_records
 from tests.test_e2e_tools import assert_all_valid, function_outputs, only_connection
 
@@ -51,13 +51,16 @@ def transfer_script(digit: str) -> list[ScriptedToolCall]:
     ]
 
 
-async def test_refer_transfer_against_sipp(tmp_path: Path, sipp: str) -> None:
+async def transfer_with_sipp(
+    tmp_path: Path, scenario: str
+) -> tuple[SippResult, dict[str, Any], TappedConnection]:
+    """A sipp call that presses 6, which the model answers with transfer_call to sales."""
     async with (
         open_model_tap(script=transfer_script("6")) as tap,
         running_daemon(tmp_path, overrides(TRANSFER_TOOL), model_url=tap.url) as daemon,
     ):
         result = await run_sipp(
-            "uac_refer.xml",
+            scenario,
             remote_port=daemon.sip_port,
             workdir=tmp_path,
             keys={"digit": "6"},
@@ -65,7 +68,11 @@ async def test_refer_transfer_against_sipp(tmp_path: Path, sipp: str) -> None:
         )
         assert result.returncode == 0, result.explain()
         (record,) = await wait_for_records(daemon)
-        connection = only_connection(tap)
+        return result, record, only_connection(tap)
+
+
+async def test_refer_transfer_against_sipp(tmp_path: Path, sipp: str) -> None:
+    result, record, connection = await transfer_with_sipp(tmp_path, "uac_refer.xml")
     (refer,) = requests_received(result, "REFER")
     assert "sip:sales@127.0.0.1:5999" in refer.headers.get("refer-to")
     assert refer.headers.get("referred-by")
@@ -78,20 +85,7 @@ async def test_refer_transfer_against_sipp(tmp_path: Path, sipp: str) -> None:
 
 
 async def test_a_busy_transfer_target_is_reported_to_the_model(tmp_path: Path, sipp: str) -> None:
-    async with (
-        open_model_tap(script=transfer_script("6")) as tap,
-        running_daemon(tmp_path, overrides(TRANSFER_TOOL), model_url=tap.url) as daemon,
-    ):
-        result = await run_sipp(
-            "uac_refer_busy.xml",
-            remote_port=daemon.sip_port,
-            workdir=tmp_path,
-            keys={"digit": "6"},
-            timeout_s=20,
-        )
-        assert result.returncode == 0, result.explain()
-        (record,) = await wait_for_records(daemon)
-        connection = only_connection(tap)
+    _, record, connection = await transfer_with_sipp(tmp_path, "uac_refer_busy.xml")
     (output,) = function_outputs(connection)
     failure = json.loads(output["output"])
     assert failure["error"] == "error"

@@ -180,7 +180,6 @@ class _Batch:
 
     response_id: str
     call_ids: list[str] = attrs.Factory(list)
-    response_done: bool = False
     delivered: bool = False
     holding: ToolConfig | None = None
     holding_at: float = math.inf
@@ -484,7 +483,6 @@ class CallBridge:
         self._done_responses.add(event.response_id)
         batch = self._batches.get(event.response_id)
         if batch is not None:
-            batch.response_done = True
             if event.status == "cancelled":
                 commands += self._abandon(batch, event.status, now)
             commands += self._deliver(batch)
@@ -614,9 +612,7 @@ class CallBridge:
         self._tool_calls[call.call_id] = call
         batch = self._batches.get(event.response_id)
         if batch is None:
-            batch = self._batches[event.response_id] = _Batch(
-                event.response_id, response_done=event.response_id in self._done_responses
-            )
+            batch = self._batches[event.response_id] = _Batch(event.response_id)
         batch.call_ids.append(call.call_id)
         tool = self.settings.tools.get(call.name)
         if tool is None:
@@ -711,7 +707,7 @@ class CallBridge:
             return commands
         if handover.call.response_id not in self._done_responses:
             return commands
-        if any(not item.local for item in map(self._items.__getitem__, self.unheard_items())):
+        if self._unheard_seconds() > 0:
             return commands
         return commands + self._hand_over(now)
 
@@ -799,12 +795,11 @@ class CallBridge:
         """Give `call` its result; the batch goes back to the model once it is complete."""
         call.outcome = outcome
         call.finished_at = now
+        call.detail = message
         if outcome is ToolOutcome.OK:
             call.output = toolkit.ok_output(**fields)
-            call.detail = message
         else:
             call.output = toolkit.error_output(outcome, message)
-            call.detail = message
         return self._deliver(self._batches[call.response_id])
 
     def _abandon(self, batch: _Batch, status: str, now: float) -> list[Command]:
@@ -835,7 +830,7 @@ class CallBridge:
         return commands
 
     def _deliver(self, batch: _Batch) -> list[Command]:
-        if batch.delivered or not batch.response_done:
+        if batch.delivered or batch.response_id not in self._done_responses:
             return []
         calls = [self._tool_calls[call_id] for call_id in batch.call_ids]
         if not all(call.finished for call in calls):

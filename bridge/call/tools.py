@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bridge.call.events import ToolOutcome
+from bridge.call.events import ToolFinished, ToolOutcome
 from bridge.config import BuiltinTool, ToolConfig
 
 # RFC 4733 §3.2 events 0-15: the digits, * and #, and A-D.
@@ -115,6 +115,13 @@ def error_output(outcome: ToolOutcome, message: str) -> str:
     return json.dumps({"error": outcome.value, "message": message}, ensure_ascii=False)
 
 
+def tool_failure(
+    call_id: str, outcome: ToolOutcome, message: str, detail: str = ""
+) -> ToolFinished:
+    """A tool run that did not work: the error output for the model, `detail` for the log."""
+    return ToolFinished(call_id, outcome, error_output(outcome, message), detail or message)
+
+
 def dtmf_digits(arguments: Mapping[str, Any]) -> str:
     """The digits of a send_dtmf call, upper-cased; ValueError when there are none or bad ones."""
     digits = arguments.get("digits")
@@ -147,5 +154,6 @@ __all__ = [
     "function_definitions",
     "ok_output",
     "parse_arguments",
+    "tool_failure",
     "transfer_target",
 ]

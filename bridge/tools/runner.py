@@ -31,7 +31,7 @@ from bridge.call.events import (
     ToolFinished,
     ToolOutcome,
 )
-from bridge.call.tools import error_output
+from bridge.call.tools import tool_failure
 from bridge.config import ToolConfig, ToolKind
 from bridge.credentials import SecretSource, read_secret
 from bridge.errors import SecretError
@@ -134,31 +134,24 @@ class ToolRunner:
         tool = self.tools.get(command.name)
         call_id = command.call_id
         if tool is None:
-            message = f"there is no tool named {command.name!r}"
-            return ToolFinished(
-                call_id,
-                ToolOutcome.UNKNOWN_TOOL,
-                error_output(ToolOutcome.UNKNOWN_TOOL, message),
-                message,
+            return tool_failure(
+                call_id, ToolOutcome.UNKNOWN_TOOL, f"there is no tool named {command.name!r}"
             )
         self.log.info("tool started", extra=dict(extra))
         try:
             output = await self._dispatch(tool, command)
         except ToolFailure as failure:
-            message = f"{tool.name} failed: {failure.message}"
-            return ToolFinished(
+            return tool_failure(
                 call_id,
                 ToolOutcome.ERROR,
-                error_output(ToolOutcome.ERROR, message),
+                f"{tool.name} failed: {failure.message}",
                 f"{failure.code}: {failure.message}",
             )
         except (Exception, SystemExit) as error:
             # An operator's Python tool may raise anything; the call goes on.
             self.log.warning("tool raised", extra=dict(extra), exc_info=error)
             message = f"{tool.name} failed: {type(error).__name__}: {error}"
-            return ToolFinished(
-                call_id, ToolOutcome.ERROR, error_output(ToolOutcome.ERROR, message), message
-            )
+            return tool_failure(call_id, ToolOutcome.ERROR, message)
         return ToolFinished(call_id, ToolOutcome.OK, output)
 
     async def _dispatch(self, tool: ToolConfig, command: RunTool) -> str:

@@ -10,22 +10,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.call.bridge import PLAYOUT_GRACE_S, CallBridge, CallBridgeSettings, Command
-from bridge.call.context import CallInfo
+from bridge.call.bridge import PLAYOUT_GRACE_S, CallBridge, Command
 from bridge.call.events import (
     AddFunctionOutput,
     AddUserText,
     AgentAudio,
-    AgentFunctionCall,
     AgentResponseDone,
     AgentResponseStarted,
     AgentSpeechStarted,
     AudioPlayed,
     CallerDtmf,
-    Capability,
     ClearAudio,
     CloseAgent,
-    Codec,
     EndReason,
     HangUp,
     PlayAudio,
@@ -36,46 +32,11 @@ from bridge.call.events import (
     TransferCall,
     TransferResult,
 )
-from bridge.config import Holding, ToolConfig, ToolKind
 from bridge.media import g711
+from tests.call.test_bridge_tools import END_CALL, HOLD_MUSIC, LOOKUP, TRANSFER, call, make_bridge
 
-SIP = frozenset({Capability.TRANSFER, Capability.SEND_DTMF})
 FRAME = g711.FRAME_BYTES
-
-END_CALL = ToolConfig(name="end_call", kind=ToolKind.BUILTIN)
-TRANSFER = ToolConfig(
-    name="transfer_call",
-    kind=ToolKind.BUILTIN,
-    targets={"sales": "sip:sales@192.0.2.1", "support": "sip:support@192.0.2.1"},
-)
-LOOKUP = ToolConfig(name="lookup", kind=ToolKind.HTTP, url="http://127.0.0.1:9/x", timeout_s=5)
-HOLD_MUSIC = ToolConfig(
-    name="music",
-    kind=ToolKind.HTTP,
-    url="http://127.0.0.1:9/m",
-    timeout_s=20,
-    holding=Holding.AUDIO,
-    holding_audio="hold.wav",
-    holding_after_s=1.0,
-)
 MUSIC = bytes(range(160)) * 5  # 100 ms
-
-
-def make_bridge(*tools: ToolConfig, holding_audio: dict[str, bytes] | None = None) -> CallBridge:
-    info = CallInfo(call_id="c-1", ingress="sip", codec=Codec.PCMU, capabilities=SIP)
-    settings = CallBridgeSettings(
-        model_codec=Codec.PCMU,
-        tools={tool.name: tool for tool in tools},
-        holding_audio=holding_audio or {},
-    )
-    return CallBridge(info=info, settings=settings, now=100.0)
-
-
-def call(
-    name: str, arguments: Any = None, *, call_id: str = "call_1", response: str = "r1"
-) -> AgentFunctionCall:
-    text = arguments if isinstance(arguments, str) else json.dumps(arguments or {})
-    return AgentFunctionCall(response, f"item_{call_id}", call_id, name, text)
 
 
 def say(bridge: CallBridge, frames: int, *, response: str, item: str, now: float) -> list[Command]:
