@@ -45,7 +45,14 @@ from bridge.call.context import CallInfo
 from bridge.call.events import AgentCommand, AgentEvent, Codec, EndReason
 from bridge.call.profile import CallProfile, choose_profile
 from bridge.call.tools import function_definitions
-from bridge.config import Config, MediaStreamAuth, Provider, ToolKind, TurnDetectionType
+from bridge.config import (
+    Config,
+    MediaStreamAuth,
+    Provider,
+    ToolKind,
+    TurnDetectionConfig,
+    TurnDetectionType,
+)
 from bridge.credentials import SecretSource, read_secret
 from bridge.errors import ConfigError, SecretError
 from bridge.logs import call_logger
@@ -62,6 +69,8 @@ log = logging.getLogger("bridge")
 # After the drain grace: how long SIP calls get to be hung up (BYE answered) before the
 # listeners close.
 SIP_SHUTDOWN_LINGER_S = 4.0
+# The Realtime API's server_vad default (realtime-api.md, turn detection).
+SERVER_VAD_DEFAULT_PREFIX_PADDING_MS = 300
 
 
 @attrs.frozen
@@ -92,6 +101,7 @@ def bridge_settings(
         greeting=session.greeting,
         barge_in=turn_detection.type is not TurnDetectionType.NONE
         and turn_detection.interrupt_response,
+        vad_prefix_padding_ms=_vad_prefix_padding_ms(session.turn_detection),
         tools={tool.name: tool for tool in profile.tools},
         holding_audio={
             tool.name: holding_audio[tool.name, info.codec]
@@ -99,6 +109,15 @@ def bridge_settings(
             if (tool.name, info.codec) in holding_audio
         },
     )
+
+
+def _vad_prefix_padding_ms(turn_detection: TurnDetectionConfig) -> int:
+    """How far before the speech the model's VAD puts speech_started (its audio_start_ms)."""
+    if turn_detection.type is not TurnDetectionType.SERVER_VAD:
+        return 0
+    if turn_detection.prefix_padding_ms is None:
+        return SERVER_VAD_DEFAULT_PREFIX_PADDING_MS
+    return turn_detection.prefix_padding_ms
 
 
 @attrs.frozen

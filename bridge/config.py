@@ -679,6 +679,17 @@ class RecordsConfig:
     enabled: bool = True
     directory: str = attrs.field(default="records", validator=_not_empty)
     transcripts: bool = True
+    # A stereo WAV per call (caller left, model right); off by default: it holds what was said.
+    audio: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """The local HTTP port for Prometheus metrics and the health checks."""
+
+    enabled: bool = True
+    host: str = attrs.field(default="127.0.0.1", validator=_not_empty)
+    port: int = attrs.field(default=8767, validator=_between(0, 65535))
 
 
 @attrs.frozen(kw_only=True)
@@ -964,6 +975,7 @@ class Config:
     session: SessionConfig = attrs.field(factory=SessionConfig)
     call: CallConfig = attrs.field(factory=CallConfig)
     records: RecordsConfig = attrs.field(factory=RecordsConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
     ingress: IngressConfig = attrs.field(factory=IngressConfig)
     tools: tuple[ToolConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -26,8 +26,11 @@ from bridge.call.context import CallInfo
 from bridge.call.events import (
     AgentCommand,
     AgentEnded,
+    CallerAudio,
     CancelTool,
+    ClearAudio,
     EndReason,
+    PlayAudio,
     RunTool,
     SendAudio,
     TelephonyCommand,
@@ -35,10 +38,33 @@ from bridge.call.events import (
     ToolCommand,
     ToolOutcome,
 )
+from bridge.call.observations import Observation
 from bridge.call.tools import tool_failure
 from bridge.logs import CallLogger
 
 RecordWriter = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class CallObserver(Protocol):
+    """Told what the control loop observed (metrics, the journal); must not block or raise."""
+
+    def __call__(self, observation: Observation) -> None: ...
+
+
+class AudioTap(Protocol):
+    """Hears the call's audio as it passes the control loop (a call recording).
+
+    Called on the per-frame path: it must only buffer or write to a file, never block."""
+
+    def caller(self, payload: bytes) -> None:
+        """Caller audio in the call's codec, as it arrived."""
+
+    def model(self, payload: bytes) -> None:
+        """Model audio in the call's codec, as it was handed to the caller's side."""
+
+    def cleared(self) -> None:
+        """What the caller's side had queued and not played yet was dropped (barge-in)."""
+
 
 # Room for bursts: the model sends audio faster than real time, the caller 50 frames a second.
 INBOX_SIZE = 1024
@@ -58,9 +84,15 @@ async def run_call(
     info: CallInfo | None = None,
     tools: ToolLeg | None = None,
     write_record: RecordWriter | None = None,
+    observer: CallObserver | None = None,
+    audio_tap: AudioTap | None = None,
     wallclock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> dict[str, Any]:
-    """Run one call to its end and return its record (also handed to `write_record`)."""
+    """Run one call to its end and return its record (also handed to `write_record`).
+
+    `observer` is told what the call's control loop observes as it happens, and `audio_tap`
+    hears the caller's and the model's audio; a failing observer or tap is logged and dropped,
+    never the call's end."""
     started_wall = wallclock()
     # `info` is the call as its profile saw it (with the pre-call hook's variables).
     info = info or leg.info
@@ -69,14 +101,16 @@ async def run_call(
         "call started",
         extra={"ingress": leg.info.ingress, "codec": leg.info.codec.value, **leg.info.external_ids},
     )
+    watch = _Watch(bridge, log, observer, audio_tap)
     try:
-        await _relay(bridge, leg, agent, tools, log)
+        await _relay(bridge, leg, agent, tools, log, watch)
     except* Exception as group:
         log.error("call failed", exc_info=group)
         bridge.end(EndReason.INTERNAL_ERROR, repr(group.exceptions[0]), trio.current_time())
     finally:
         if not bridge.ended:
             bridge.end(EndReason.SHUTDOWN, "daemon stopping", trio.current_time())
+        watch.observe()
         record = bridge.record()
         record["started_at"] = started_wall.isoformat()
         log.info(
@@ -102,6 +136,7 @@ async def _relay(
     agent: AgentLeg,
     tools: ToolLeg | None,
     log: CallLogger,
+    watch: _Watch,
 ) -> None:
     inbox_send, inbox = trio.open_memory_channel[Event](INBOX_SIZE)
     to_tel_send, to_tel = trio.open_memory_channel[TelephonyCommand](LEG_COMMANDS_SIZE)
@@ -109,6 +144,9 @@ async def _relay(
     to_tools_send, to_tools = trio.open_memory_channel[ToolCommand](LEG_COMMANDS_SIZE)
 
     async def dispatch(commands: list[Command]) -> None:
+        watch.observe()
+        if watch.audio_tap is not None:
+            watch.outbound(commands)
         for command in commands:
             if isinstance(command, SendAudio):
                 # Caller audio is real time: never stall the control loop for it.
@@ -177,11 +215,11 @@ async def _relay(
             elif event is None:
                 commands = bridge.end(EndReason.INTERNAL_ERROR, "both legs ended silently", now)
             else:
-                commands = bridge.handle(event, now)
+                commands = watch.handle(event, now)
                 # Under load several events are waiting: take them all before sleeping again.
                 for _ in range(INBOX_BATCH):
                     try:
-                        commands += bridge.handle(inbox.receive_nowait(), now)
+                        commands += watch.handle(inbox.receive_nowait(), now)
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
             await dispatch(_coalesce_audio(commands))
@@ -193,7 +231,7 @@ async def _relay(
         to_tel_send.close()
         to_agent_send.close()
         to_tools_send.close()
-        nursery.start_soon(_drain_into_record, inbox, bridge)
+        nursery.start_soon(_drain_into_record, inbox, watch)
         nursery.cancel_scope.deadline = trio.current_time() + CLOSE_GRACE_S
     if dropped := bridge.statistics().dropped_caller_bytes:
         log.warning("caller audio dropped: the model leg fell behind", extra={"bytes": dropped})
@@ -219,9 +257,61 @@ def _report(channel: trio.MemorySendChannel[Any], event: Event) -> None:
         channel.send_nowait(event)
 
 
-async def _drain_into_record(inbox: trio.MemoryReceiveChannel[Event], bridge: CallBridge) -> None:
+async def _drain_into_record(inbox: trio.MemoryReceiveChannel[Event], watch: _Watch) -> None:
     async for event in inbox:
-        bridge.handle(event, trio.current_time())
+        watch.handle(event, trio.current_time())
+        watch.observe()
 
 
-__all__ = ["AgentLegFailed", "RecordWriter", "run_call"]
+class _Watch:
+    """Passes the bridge's observations to the observer and the call's audio to the tap."""
+
+    def __init__(
+        self,
+        bridge: CallBridge,
+        log: CallLogger,
+        observer: CallObserver | None,
+        audio_tap: AudioTap | None,
+    ) -> None:
+        self.bridge = bridge
+        self.log = log
+        self.observer = observer
+        self.audio_tap = audio_tap
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        if self.audio_tap is not None and isinstance(event, CallerAudio):
+            self._tap(self.audio_tap.caller, event.payload)
+        return self.bridge.handle(event, now)
+
+    def outbound(self, commands: list[Command]) -> None:
+        tap = self.audio_tap
+        for command in commands:
+            if tap is None:
+                return
+            if isinstance(command, PlayAudio):
+                self._tap(tap.model, command.payload)
+            elif isinstance(command, ClearAudio):
+                self._tap(tap.cleared)
+            tap = self.audio_tap
+
+    def observe(self) -> None:
+        observations = self.bridge.pop_observations()
+        if self.observer is None:
+            return
+        for observation in observations:
+            try:
+                self.observer(observation)
+            except Exception:
+                self.log.exception("a call observer failed; it is switched off for this call")
+                self.observer = None
+                return
+
+    def _tap(self, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self.log.exception("the call recording failed; it stops here, the call goes on")
+            self.audio_tap = None
+
+
+__all__ = ["AgentLegFailed", "AudioTap", "CallObserver", "RecordWriter", "run_call"]

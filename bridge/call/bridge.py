@@ -101,6 +101,16 @@ from bridge.call.events import (
     TruncateItem,
     dtmf_message,
 )
+from bridge.call.observations import (
+    BargeIn,
+    DigitPressed,
+    ModelConnected,
+    Observation,
+    ToolCallEnded,
+    TranscriptAdded,
+    TurnLatency,
+    UsageReported,
+)
 from bridge.config import BuiltinTool, Holding, ToolConfig
 from bridge.media import g711
 
@@ -129,6 +139,9 @@ class CallBridgeSettings:
     # The tools this call offers, by name, and each audio-holding tool's audio in the call's codec.
     tools: Mapping[str, ToolConfig] = attrs.field(factory=dict)
     holding_audio: Mapping[str, bytes] = attrs.field(factory=dict)
+    # The model's VAD puts speech_started this far before the speech itself (server_vad's
+    # prefix_padding_ms); taken off again when measuring barge-in latency.
+    vad_prefix_padding_ms: int = 0
 
 
 @attrs.frozen
@@ -251,6 +264,17 @@ class CallBridge:
         self._done_responses: set[str] = set()
         self._handover: _Handover | None = None
         self._hold_items = 0
+        self._observations: list[Observation] = []
+        # Tool calls whose end has not been observed yet (usually none).
+        self._unobserved_tools: list[_ToolCall] = []
+        # A caller's turn ended (seconds of caller time since then, and when): the first reply
+        # audio measures the turn latency.
+        self._turn_ended: tuple[float, float] | None = None
+        self.latencies: dict[str, Any] = {
+            "model_connect_ms": None,
+            "turns_ms": [],
+            "barge_ins_ms": [],
+        }
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -291,6 +315,24 @@ class CallBridge:
             tool_calls=len(self._tool_calls),
         )
 
+    def pop_observations(self) -> list[Observation]:
+        """What was observed since the last call (metrics, the journal); usually nothing."""
+        if self._unobserved_tools:
+            still_running = []
+            for call in self._unobserved_tools:
+                if call.finished:
+                    outcome = call.outcome.value if call.outcome else ToolOutcome.CANCELLED.value
+                    self._observations.append(
+                        ToolCallEnded(call.name, outcome, self._tool_record(call))
+                    )
+                else:
+                    still_running.append(call)
+            self._unobserved_tools = still_running
+        if not self._observations:
+            return []
+        observations, self._observations = self._observations, []
+        return observations
+
     # ---- inputs ----------------------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Command]:
@@ -302,7 +344,7 @@ class CallBridge:
             case CallerAudio(payload=payload):
                 return self._caller_audio(payload)
             case AgentAudio():
-                return self._model_audio(event)
+                return self._model_audio(event, now)
             case AudioPlayed(item_id=item_id, played_bytes=played):
                 item = self._items.get(item_id)
                 if item is not None:
@@ -314,12 +356,13 @@ class CallBridge:
                 return self._tool_finished(call_id, outcome, output, detail, now)
             case TransferResult():
                 return self._transfer_result(event, now)
-            case AgentSpeechStarted():
-                return self._speech_started(now)
+            case AgentSpeechStarted(audio_start_ms=audio_start_ms):
+                self._turn_ended = None
+                return self._speech_started(audio_start_ms, now)
             case CallerDtmf(digit=digit):
                 return self._dtmf(digit, now)
             case AgentReady(session_id=session_id):
-                return self._agent_ready(session_id)
+                return self._agent_ready(session_id, now)
             case AgentResponseStarted(response_id=response_id):
                 self._responses += 1
                 self._active_response = response_id
@@ -327,14 +370,13 @@ class CallBridge:
             case AgentResponseDone():
                 return self._response_done(event, now)
             case AgentTranscript(role=role, item_id=item_id, text=text):
-                self.transcript.append(
-                    TranscriptEntry(round(now - self.started_at, 3), role, item_id, text)
-                )
+                self._transcribed(role, item_id, text, now)
                 return []
             case AgentError():
                 self._model_errors += 1
                 return []
-            case AgentSpeechStopped():
+            case AgentSpeechStopped(audio_end_ms=audio_end_ms):
+                self._turn_ended = (self._caller_seconds_since(audio_end_ms), now)
                 return []
             case TelephonyEnded(reason=reason, detail=detail):
                 return self._end(reason, detail, now, hang_up=False)
@@ -345,11 +387,9 @@ class CallBridge:
         """After the end, usage and transcripts still belong in the record."""
         match event:
             case AgentResponseDone(usage=usage):
-                _add_usage(self.usage, usage)
+                self._add_usage(usage)
             case AgentTranscript(role=role, item_id=item_id, text=text):
-                self.transcript.append(
-                    TranscriptEntry(round(now - self.started_at, 3), role, item_id, text)
-                )
+                self._transcribed(role, item_id, text, now)
 
     def handle_timeout(self, now: float) -> list[Command]:
         """Run the timers that are due at `now`."""
@@ -420,6 +460,7 @@ class CallBridge:
             "dtmf": self.digits,
             "usage": self.usage,
             "tool_calls": [self._tool_record(call) for call in self._tool_calls.values()],
+            "latency": {key: _copy(value) for key, value in self.latencies.items()},
             "statistics": attrs.asdict(self.statistics()),
         }
 
@@ -453,7 +494,7 @@ class CallBridge:
         self._input.clear()
         return [SendAudio(batch)]
 
-    def _model_audio(self, event: AgentAudio) -> list[Command]:
+    def _model_audio(self, event: AgentAudio, now: float) -> list[Command]:
         if event.response_id in self._interrupted_responses:
             self._dropped_model_bytes += len(event.payload)
             return []
@@ -473,10 +514,12 @@ class CallBridge:
         if not whole:
             return commands
         item.sent += whole
+        if self._turn_ended is not None:
+            self._observe_turn_latency(now)
         return [*commands, PlayAudio(event.item_id, audio[:whole])]
 
     def _response_done(self, event: AgentResponseDone, now: float) -> list[Command]:
-        _add_usage(self.usage, event.usage)
+        self._add_usage(event.usage)
         if self._active_response == event.response_id:
             self._active_response = None
         commands = self._pad_tails(event)
@@ -505,7 +548,7 @@ class CallBridge:
             commands.append(PlayAudio(item_id, frame))
         return commands
 
-    def _speech_started(self, now: float) -> list[Command]:
+    def _speech_started(self, audio_start_ms: int, now: float) -> list[Command]:
         if not self.settings.barge_in:
             return []
         if self._active_response is not None:
@@ -517,6 +560,7 @@ class CallBridge:
             return self._drop_interrupted_handover(now)
         self._barge_ins += 1
         commands: list[Command] = [ClearAudio()]
+        heard: dict[str, int] = {}
         for item_id in unheard:
             item = self._items[item_id]
             if item.local:
@@ -531,9 +575,14 @@ class CallBridge:
                 continue
             # Recorded even when nothing was heard; the model is told only when something was.
             item.truncated_ms = heard_ms
+            heard[item_id] = heard_ms
             if heard_ms > 0:
                 self._truncations += 1
                 commands.append(TruncateItem(item_id, heard_ms))
+        speech_start_ms = audio_start_ms + self.settings.vad_prefix_padding_ms
+        seconds = self._caller_seconds_since(speech_start_ms)
+        self.latencies["barge_ins_ms"].append(round(seconds * 1000))
+        self._observations.append(BargeIn(seconds, heard))
         return commands + self._drop_interrupted_handover(now)
 
     def _drop_interrupted_handover(self, now: float) -> list[Command]:
@@ -555,6 +604,7 @@ class CallBridge:
 
     def _dtmf(self, digit: str, now: float) -> list[Command]:
         self.digits += digit
+        self._observations.append(DigitPressed(round(now - self.started_at, 3), digit))
         self._pending_digits.append(digit)
         if digit == "#" or self.settings.dtmf_flush_ms <= 0:
             return self._flush_digits()
@@ -572,11 +622,13 @@ class CallBridge:
             RequestResponse(),
         ]
 
-    def _agent_ready(self, session_id: str) -> list[Command]:
+    def _agent_ready(self, session_id: str, now: float) -> list[Command]:
         if self._ready:
             return []
         self._ready = True
         self.model_session_id = session_id
+        self.latencies["model_connect_ms"] = round((now - self.started_at) * 1000)
+        self._observations.append(ModelConnected(now - self.started_at, session_id))
         # The phone is answered only now: the caller hears ringing, not dead air, while the model
         # connects, and a model that never gets ready leaves the call unanswered (SIP 503).
         if not self.settings.greeting:
@@ -610,6 +662,7 @@ class CallBridge:
             started_at=now,
         )
         self._tool_calls[call.call_id] = call
+        self._unobserved_tools.append(call)
         batch = self._batches.get(event.response_id)
         if batch is None:
             batch = self._batches[event.response_id] = _Batch(event.response_id)
@@ -848,6 +901,31 @@ class CallBridge:
             commands.append(RequestResponse())
         return commands
 
+    # ---- observations --------------------------------------------------------------------------
+
+    def _caller_seconds_since(self, position_ms: int) -> float:
+        """How long ago, in caller audio, the model's input position `position_ms` was."""
+        passed = self._caller_bytes - len(self._input) - self._dropped_caller_bytes
+        return max(0.0, (g711.duration_ms(passed) - position_ms) / 1000)
+
+    def _observe_turn_latency(self, now: float) -> None:
+        assert self._turn_ended is not None
+        since_end, reported_at = self._turn_ended
+        self._turn_ended = None
+        seconds = since_end + (now - reported_at)
+        self.latencies["turns_ms"].append(round(seconds * 1000))
+        self._observations.append(TurnLatency(seconds))
+
+    def _transcribed(self, role: str, item_id: str, text: str, now: float) -> None:
+        entry = TranscriptEntry(round(now - self.started_at, 3), role, item_id, text)
+        self.transcript.append(entry)
+        self._observations.append(TranscriptAdded(entry.at_s, role, item_id, text))
+
+    def _add_usage(self, usage: Mapping[str, Any] | None) -> None:
+        _add_usage(self.usage, usage)
+        if usage:
+            self._observations.append(UsageReported(usage))
+
     # ---- holding -----------------------------------------------------------------------------
 
     def _hold(self, batch: _Batch, now: float) -> list[Command]:
@@ -907,6 +985,10 @@ class CallBridge:
         if close_agent:
             commands.append(CloseAgent())
         return commands
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def _error_message(output: str) -> str:
