@@ -261,6 +261,9 @@ input_batch_frames = {args.batch_frames}
 enabled = true
 directory = "{records}"
 
+[metrics]
+port = 0
+
 """ + self.ingress_toml(port)
 
     def cores(self) -> tuple[int, tuple[int, ...]]:

@@ -23,7 +23,7 @@ import os
 import random
 import tempfile
 import wave
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,15 @@ from bridge.adapters.loopback_server import serve_loopback_model
 from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
 from bridge.adapters.realtime_ws import run_realtime_leg
 from bridge.adapters.sip import SipCallLeg, SipListening, serve_sip
+from bridge.adapters.status_http import serve_status
+from bridge.adapters.systemd import Notifier
 from bridge.agent.errors import AgentLegFailed
 from bridge.agent.loopback import ScriptedToolCall
 from bridge.audiofiles import read_audio
 from bridge.call.bridge import CallBridgeSettings
 from bridge.call.context import CallInfo
 from bridge.call.events import AgentCommand, AgentEvent, Codec, EndReason
+from bridge.call.observations import Observation
 from bridge.call.profile import CallProfile, choose_profile
 from bridge.call.tools import function_definitions
 from bridge.config import (
@@ -55,9 +58,11 @@ from bridge.config import (
 )
 from bridge.credentials import SecretSource, read_secret
 from bridge.errors import ConfigError, SecretError
-from bridge.logs import call_logger
+from bridge.logs import CallLogger, call_logger
+from bridge.metrics import Metrics
 from bridge.proto.realtime.session_config import session_codec
-from bridge.records import append_record
+from bridge.recording import CallRecording
+from bridge.records import CallJournal, append_record, recover_unfinished, redact_record
 from bridge.supervisor import run_call
 from bridge.tools.http_client import open_http_client
 from bridge.tools.precall import PrecallResult, run_precall_hook
@@ -73,13 +78,22 @@ SIP_SHUTDOWN_LINGER_S = 4.0
 SERVER_VAD_DEFAULT_PREFIX_PADDING_MS = 300
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Listening:
-    """Where a started daemon can be reached (port 0: the ingress is disabled)."""
+    """Where a started daemon can be reached (port 0: disabled), and how to reload it.
+
+    ``await reload(load)`` calls `load()` for a new config, checks it like a start-up would and
+    gives it to new calls; calls in progress keep theirs. It returns the problems that made it
+    reject the config (nothing changed then), or an empty list.
+    """
 
     mediastream_port: int
     model_url: str
     sip_port: int = 0
+    metrics_port: int = 0
+    reload: Callable[[Callable[[], Config]], Awaitable[list[str]]] = attrs.field(
+        eq=False, repr=False
+    )
 
 
 def bridge_settings(
@@ -292,21 +306,75 @@ class _Calls:
         await self._idle.wait()
 
 
+@attrs.define
+class _Current:
+    """What a new call is given: the config in force (replaced by a reload) and its tools."""
+
+    config: Config
+    resources: ToolResources
+    model_url: str
+
+
+# Settings read once at start-up: a reload that changes them is told they need a restart.
+_RESTART_ONLY = ("ingress", "metrics", "service.name", "model.loopback")
+
+
+def reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """`new` with the settings that only apply at start-up kept as in `old`; and which differed."""
+    changed = []
+    if new.ingress != old.ingress:
+        changed.append("ingress")
+    if new.metrics != old.metrics:
+        changed.append("metrics")
+    if new.service.name != old.service.name:
+        changed.append("service.name")
+    if new.model.loopback != old.model.loopback:
+        changed.append("model.loopback")
+    effective = attrs.evolve(
+        new,
+        ingress=old.ingress,
+        metrics=old.metrics,
+        service=attrs.evolve(new.service, name=old.service.name),
+        model=attrs.evolve(new.model, loopback=old.model.loopback),
+    )
+    return effective, changed
+
+
+def status_line(calls: _Calls) -> str:
+    """The one-line state for `systemctl status` (STATUS=)."""
+    noun = "call" if calls.active == 1 else "calls"
+    text = f"{calls.active} active {noun}"
+    return f"draining: {text}" if calls.draining else text
+
+
 async def serve(
     config: Config,
     *,
     environ: Mapping[str, str] | None = None,
     rng: random.Random | None = None,
     draining: trio.Event | None = None,
+    notifier: Notifier | None = None,
     task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until cancelled, or until a drain set by `draining` is over."""
+    """Run the daemon until cancelled, or until a drain set by `draining` is over.
+
+    `notifier` tells systemd when the daemon is ready, reloading or stopping, and feeds its
+    watchdog from this event loop. The started value's `reload` applies a new config to new calls.
+    """
     environ = os.environ if environ is None else environ
     rng = rng or random.SystemRandom()
+    notifier = notifier or Notifier({}, log=log)
     ingress = config.ingress.mediastream
     secrets = startup_secrets(config, environ)
     check_records_directory(config)
     resources = prepare_tools(config, environ)
+    if config.records.enabled:
+        for record in await trio.to_thread.run_sync(recover_unfinished, config.records.directory):
+            log.warning(
+                "a call was cut off when the daemon last stopped; its record was rebuilt from its "
+                "journal",
+                extra={"call_id": record.get("call_id"), "end_reason": record.get("end_reason")},
+            )
     if ingress.enabled and ingress.auth is MediaStreamAuth.NONE:
         log.warning(
             "media-stream authentication is OFF: anyone who can reach the listener can place "
@@ -314,6 +382,7 @@ async def serve(
             extra={"listen": f"{ingress.host}:{ingress.port}"},
         )
     calls = _Calls(config.service.max_calls, draining)
+    metrics = Metrics()
 
     def new_call_id() -> str:
         return f"c-{rng.getrandbits(64):016x}"
@@ -322,25 +391,52 @@ async def serve(
         open_http_client() as http_client,
         trio.open_nursery() as nursery,
     ):
-        if config.model.provider is Provider.LOOPBACK:
-            loopback = await nursery.start(
-                functools.partial(
-                    serve_loopback_model,
-                    host="127.0.0.1",
-                    port=0,
-                    dialect=config.model.dialect.value,
-                    script=loopback_script(config),
+        loopback_url = ""
+
+        async def model_url_for(config: Config) -> str:
+            nonlocal loopback_url
+            if config.model.provider is not Provider.LOOPBACK:
+                url = config.model.effective_url
+                if url.startswith("ws://"):
+                    log.warning(
+                        "the model URL is not encrypted (ws://): the API key crosses the network "
+                        "in clear text",
+                        extra={"provider": config.model.provider.value},
+                    )
+                return url
+            if not loopback_url:
+                loopback = await nursery.start(
+                    functools.partial(
+                        serve_loopback_model,
+                        host="127.0.0.1",
+                        port=0,
+                        dialect=config.model.dialect.value,
+                        script=loopback_script(config),
+                    )
                 )
-            )
-            model_url = loopback.url
-        else:
-            model_url = config.model.effective_url
-            if model_url.startswith("ws://"):
-                log.warning(
-                    "the model URL is not encrypted (ws://): the API key crosses the network "
-                    "in clear text",
-                    extra={"provider": config.model.provider.value},
+                loopback_url = loopback.url
+            return loopback_url
+
+        current = _Current(config, resources, await model_url_for(config))
+
+        async def run_one_call(leg: TelephonyLeg, refusal: AgentLegFailed | None) -> None:
+            # The config in force when the call starts stays the call's, whatever reloads come.
+            taken = current
+            metrics.call_started(leg.info.ingress)
+            record: dict[str, Any] = {}
+            try:
+                record = await _run_one_call(
+                    taken.config,
+                    leg,
+                    model_url=taken.model_url,
+                    environ=environ,
+                    refusal=refusal,
+                    resources=taken.resources,
+                    http_client=http_client,
+                    metrics=metrics,
                 )
+            finally:
+                metrics.call_ended(leg.info.ingress, record)
 
         async def handle_call(leg: MediaStreamLeg) -> None:
             refusal = None
@@ -351,15 +447,7 @@ async def serve(
                     EndReason.AT_CAPACITY, f"{calls.maximum} calls already in progress"
                 )
             with calls.counting():
-                await _run_one_call(
-                    config,
-                    leg,
-                    model_url=model_url,
-                    environ=environ,
-                    refusal=refusal,
-                    resources=resources,
-                    http_client=http_client,
-                )
+                await run_one_call(leg, refusal)
 
         port = 0
         if ingress.enabled:
@@ -368,6 +456,7 @@ async def serve(
                     serve_mediastream,
                     ingress,
                     handle_call=handle_call,
+                    accepting=lambda: not calls.draining,
                     auth_token=secrets.auth_token,
                     shared_secret=secrets.shared_secret,
                     log=logging.getLogger("bridge.mediastream"),
@@ -390,15 +479,7 @@ async def serve(
 
             async def handle_sip_call(leg: SipCallLeg) -> None:
                 # the slot was reserved when the INVITE was admitted; the leg releases it
-                await _run_one_call(
-                    config,
-                    leg,
-                    model_url=model_url,
-                    environ=environ,
-                    refusal=None,
-                    resources=resources,
-                    http_client=http_client,
-                )
+                await run_one_call(leg, None)
 
             listening_sip = await nursery.start(
                 functools.partial(
@@ -411,6 +492,7 @@ async def serve(
                     log=logging.getLogger("bridge.sip"),
                     rng=rng,
                     new_call_id=new_call_id,
+                    pacing_observer=metrics.pacing_error,
                 )
             )
             sip_port = listening_sip.port
@@ -425,23 +507,95 @@ async def serve(
             )
         if not ingress.enabled and not sip.enabled:
             log.warning("no ingress is enabled: this daemon takes no calls")
+        metrics_port = 0
+        if config.metrics.enabled:
+            metrics_port = await nursery.start(
+                functools.partial(
+                    serve_status,
+                    config.metrics.host,
+                    config.metrics.port,
+                    metrics=metrics,
+                    ready=lambda: not calls.draining,
+                    log=logging.getLogger("bridge.status"),
+                )
+            )
+            log.info(
+                "metrics and health checks listening",
+                extra={"metrics": f"http://{config.metrics.host}:{metrics_port}/metrics"},
+            )
         nursery.start_soon(_collect_garbage_at_quiet_moments, calls)
+
+        async def reload(load: Callable[[], Config]) -> list[str]:
+            """Load and check a new config for new calls; the problems if it was rejected."""
+            nonlocal current
+            notifier.reloading()
+            try:
+                effective, restart_only = reloadable(current.config, load())
+                startup_secrets(effective, environ)
+                check_records_directory(effective)
+                new_resources = prepare_tools(effective, environ)
+                model_url = await model_url_for(effective)
+            except ConfigError as error:
+                problems = list(error.messages)
+            except (SecretError, OSError) as error:
+                problems = [str(error)]
+            else:
+                problems = []
+                current = _Current(effective, new_resources, model_url)
+                calls.maximum = effective.service.max_calls
+                log.info("configuration reloaded: new calls get it", extra={"calls": calls.active})
+                if restart_only:
+                    log.warning(
+                        "these settings changed but take effect only on restart",
+                        extra={"settings": ",".join(restart_only)},
+                    )
+            for problem in problems:
+                log.error(
+                    "configuration rejected, the previous one stays", extra={"problem": problem}
+                )
+            status = status_line(calls)
+            if problems:
+                status += f"; reload rejected ({len(problems)} problems, see the log)"
+            notifier.ready(status)
+            return problems
+
         task_status.started(
-            Listening(mediastream_port=port, model_url=model_url, sip_port=sip_port)
+            Listening(
+                mediastream_port=port,
+                model_url=current.model_url,
+                sip_port=sip_port,
+                metrics_port=metrics_port,
+                reload=reload,
+            )
         )
+        notifier.ready(status_line(calls))
+        nursery.start_soon(notifier.keep_watchdog_fed)
+        nursery.start_soon(_report_status, notifier, calls)
 
         if draining is not None:
             await draining.wait()
-            log.info(
-                "draining",
-                extra={"calls": calls.active, "grace_s": config.service.shutdown_grace_s},
-            )
-            with trio.move_on_after(config.service.shutdown_grace_s):
+            grace = current.config.service.shutdown_grace_s
+            notifier.stopping(status_line(calls))
+            metrics.set_draining()
+            log.info("draining", extra={"calls": calls.active, "grace_s": grace})
+            with trio.move_on_after(grace):
                 await calls.wait_idle()
             if listening_sip is not None:
                 # SIP calls still up are ended with BYE while the SIP listener still runs
                 await listening_sip.end_calls(SIP_SHUTDOWN_LINGER_S)
             nursery.cancel_scope.cancel()
+
+
+# How often STATUS= is refreshed (sent only when it changed).
+STATUS_INTERVAL_S = 1.0
+
+
+async def _report_status(notifier: Notifier, calls: _Calls) -> None:
+    if not notifier.enabled:
+        return
+    while True:
+        await trio.sleep(STATUS_INTERVAL_S)
+        notifier.status(status_line(calls))
 
 
 # A full collection walks every live object: at 200 calls that is a ~60 ms stall of the RTP
@@ -485,7 +639,8 @@ async def _run_one_call(
     refusal: AgentLegFailed | None,
     resources: ToolResources,
     http_client: httpx2.AsyncClient | None,
-) -> None:
+    metrics: Metrics,
+) -> dict[str, Any]:
     call_log = call_logger(leg.info.call_id)
     info = leg.info
     precall = PrecallResult()
@@ -530,21 +685,36 @@ async def _run_one_call(
         )
 
     records = config.records
+    started_at = dt.datetime.now(dt.UTC)
+    journal = await _open_journal(config, info, profile, started_at, call_log)
+    recording = None
+    if journal is not None and records.audio:
+        try:
+            recording = await trio.to_thread.run_sync(
+                functools.partial(CallRecording.open, journal.recording_path, codec=info.codec)
+            )
+        except OSError as error:
+            call_log.error("could not start the call recording", extra={"error": str(error)})
+
+    def observe(observation: Observation) -> None:
+        metrics.observe(observation)
+        if journal is not None:
+            journal(observation)
 
     async def write_record(record: dict[str, Any]) -> None:
         record["route"] = profile.route
         if config.precall_hook.url:
             record["precall_hook"] = precall.problem or "ok"
-        if not records.transcripts:
+        if recording is not None:
+            record["recording"] = str(recording.path.relative_to(records.directory))
+        if journal is not None:
             # Transcripts, keypad digits (PINs, card numbers) and what tools were told or
-            # answered stay out of the record.
-            record.pop("transcript", None)
-            record.pop("dtmf", None)
-            for tool_call in record.get("tool_calls", ()):
-                tool_call.pop("arguments", None)
-                tool_call.pop("output", None)
-        started = dt.datetime.fromisoformat(record["started_at"])
-        await trio.to_thread.run_sync(append_record, records.directory, record, started)
+            # answered stay out of the record unless records.transcripts is on.
+            await trio.to_thread.run_sync(journal.finish, record)
+            return
+        if not records.transcripts:
+            record = redact_record(record)
+        await trio.to_thread.run_sync(append_record, records.directory, record, started_at)
 
     runner = ToolRunner(
         tools={tool.name: tool for tool in profile.tools},
@@ -554,12 +724,67 @@ async def _run_one_call(
         python_functions=resources.python_functions,
         client=http_client,
     )
-    await run_call(
-        leg,
-        agent,
-        info=info,
-        settings=bridge_settings(config, info, profile, resources.holding_audio),
-        log=call_log,
-        tools=runner if profile.tools else None,
-        write_record=write_record if records.enabled else None,
-    )
+    try:
+        return await run_call(
+            leg,
+            agent,
+            info=info,
+            settings=bridge_settings(config, info, profile, resources.holding_audio),
+            log=call_log,
+            tools=runner if profile.tools else None,
+            write_record=write_record if records.enabled else None,
+            observer=observe,
+            audio_tap=recording,
+            wallclock=lambda: started_at,
+        )
+    finally:
+        if recording is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_close_recording, recording, call_log)
+
+
+async def _open_journal(
+    config: Config,
+    info: CallInfo,
+    profile: CallProfile,
+    started_at: dt.datetime,
+    log: CallLogger,
+) -> CallJournal | None:
+    """The call's journal, written as the call goes (None: records are off, or it failed)."""
+    records = config.records
+    if not records.enabled:
+        return None
+    header = {
+        "ingress": info.ingress,
+        "codec": info.codec.value,
+        "caller": info.caller,
+        "called": info.called,
+        "external_ids": dict(info.external_ids),
+        "variables": dict(info.variables),
+        "route": profile.route,
+    }
+    try:
+        return await trio.to_thread.run_sync(
+            functools.partial(
+                CallJournal.open,
+                records.directory,
+                call_id=info.call_id,
+                started_at=started_at,
+                header=header,
+                transcripts=records.transcripts,
+                log=log,
+            )
+        )
+    except OSError as error:
+        log.error(
+            "could not open the call's journal; its record is written when it ends",
+            extra={"error": str(error)},
+        )
+        return None
+
+
+def _close_recording(recording: CallRecording, log: CallLogger) -> None:
+    try:
+        recording.close()
+    except OSError as error:
+        log.error("could not finish the call recording", extra={"error": str(error)})

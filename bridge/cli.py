@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import secrets
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -25,6 +27,9 @@ from bridge.config import Config, MediaStreamAuth, check_config_main, default_co
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import setup_logging
 from bridge.media import synth
+
+if TYPE_CHECKING:
+    from bridge.app import Listening
 
 EX_CONFIG = 78
 
@@ -124,7 +129,7 @@ def _command(args: argparse.Namespace) -> int:
         case "run":
             config = load_config(args.config, args.overrides)
             _setup_logging(config)
-            trio.run(_run_daemon, config)
+            trio.run(_run_daemon, config, args.config, args.overrides)
             return 0
         case "demo":
             return _demo(args)
@@ -154,7 +159,9 @@ def _setup_logging(config: Config) -> None:
     setup_logging(level=config.log.level.value, fmt=config.log.format.value)
 
 
-async def _run_daemon(config: Config) -> None:
+async def _run_daemon(config: Config, path: str, overrides: Sequence[str]) -> None:
+    """The daemon under systemd: SIGTERM/SIGINT drain (twice: stop now), SIGHUP reloads `path`."""
+    from bridge.adapters.systemd import Notifier
     from bridge.app import check_records_directory, serve, startup_secrets
 
     # Missing secrets and an unwritable records folder are config errors (exit 78): find them
@@ -162,20 +169,47 @@ async def _run_daemon(config: Config) -> None:
     startup_secrets(config, os.environ)
     check_records_directory(config)
     draining = trio.Event()
+    notifier = Notifier(os.environ, log=logging.getLogger("bridge.systemd"))
+    # Signals that arrive before serve() is up wait in the receiver until it is.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
 
-    async def watch_signals(cancel_scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                if draining.is_set():
+        async def watch_signals(listening: Listening, cancel_scope: trio.CancelScope) -> None:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await _reload(listening, path, overrides)
+                elif draining.is_set():
                     # A second signal: stop now; calls still end cleanly, records written.
                     cancel_scope.cancel()
                     return
-                draining.set()
+                else:
+                    draining.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals, nursery.cancel_scope)
-        await serve(config, draining=draining)
-        nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def run(task_status: trio.TaskStatus[Listening]) -> None:
+                    await serve(
+                        config, draining=draining, notifier=notifier, task_status=task_status
+                    )
+                    # the drain is over
+                    nursery.cancel_scope.cancel()
+
+                listening = await nursery.start(run)
+                nursery.start_soon(watch_signals, listening, nursery.cancel_scope)
+        finally:
+            notifier.close()
+
+
+async def _reload(listening: Listening, path: str, overrides: Sequence[str]) -> None:
+    loaded: list[Config] = []
+
+    def load() -> Config:
+        loaded.append(load_config(path, overrides))
+        return loaded[-1]
+
+    if not await listening.reload(load):
+        # the log settings are the process's, not a call's: they change at once
+        _setup_logging(loaded[-1])
 
 
 async def _run_loopback(host: str, port: int, dialect: str) -> None:
@@ -258,7 +292,11 @@ def _local_demo_config(config: Config) -> Config:
     ingress = attrs.evolve(config.ingress.mediastream, host="127.0.0.1", port=0)
     if ingress.auth is MediaStreamAuth.TWILIO_SIGNATURE:
         ingress = attrs.evolve(ingress, auth=MediaStreamAuth.SHARED_SECRET)
-    return attrs.evolve(config, ingress=attrs.evolve(config.ingress, mediastream=ingress))
+    return attrs.evolve(
+        config,
+        ingress=attrs.evolve(config.ingress, mediastream=ingress),
+        metrics=attrs.evolve(config.metrics, enabled=False),
+    )
 
 
 def _call_sip(args: argparse.Namespace, codec: Codec) -> int:

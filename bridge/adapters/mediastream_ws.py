@@ -307,6 +307,7 @@ async def serve_mediastream(
     shared_secret: str | None,
     log: logging.Logger,
     new_call_id: Callable[[], str],
+    accepting: Callable[[], bool] = lambda: True,
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -314,8 +315,9 @@ async def serve_mediastream(
 
     Reports ``started(port)`` (the bound port; useful with port 0) once listening. Each accepted
     stream becomes a :class:`MediaStreamLeg` passed to `handle_call`, which runs the call; the
-    websocket is closed when `handle_call` returns. One connection's failure is logged and never
-    ends the server.
+    websocket is closed when `handle_call` returns. While `accepting()` is false (the daemon is
+    draining) upgrades are refused with 503. One connection's failure is logged and never ends the
+    server.
     """
     ingress = _Ingress(
         config=config,
@@ -324,6 +326,7 @@ async def serve_mediastream(
         shared_secret=shared_secret,
         log=log,
         new_call_id=new_call_id,
+        accepting=accepting,
         start_timeout_s=start_timeout_s,
     )
     async with trio.open_nursery() as nursery:
@@ -353,6 +356,7 @@ class _Ingress:
     shared_secret: str | None
     log: logging.Logger
     new_call_id: Callable[[], str]
+    accepting: Callable[[], bool]
     start_timeout_s: float
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
@@ -439,6 +443,11 @@ class _Ingress:
                 extra={"remote": remote, "path": path[:200]},
             )
             return 404
+        if not self.accepting():
+            self.log.info(
+                "media stream refused: the daemon is shutting down", extra={"remote": remote}
+            )
+            return 503
         match self.config.auth:
             case MediaStreamAuth.TWILIO_SIGNATURE:
                 if self.auth_token is None:

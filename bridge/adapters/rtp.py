@@ -256,11 +256,18 @@ class RtpEngine:
     gets its turn, does the reading and the rest.
     """
 
-    def __init__(self, *, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        *,
+        log: logging.Logger,
+        pacing_observer: Callable[[float], None] | None = None,
+    ) -> None:
         self._media: dict[int, RtpMedia] = {}
         self._readers: dict[int, tuple[RtpMedia, bool]] = {}
         self._poller = select.epoll()
         self._log = log
+        # told each tick's lateness against the schedule, in seconds (the pacing-error metric)
+        self._pacing_observer = pacing_observer
         self._wake = trio.Event()
         # the schedule of the sending half: next tick number and when it is due
         self._start = 0.0
@@ -331,6 +338,8 @@ class RtpEngine:
         """Send this tick's packets if it is due (and not yet sent); True if it sent."""
         if now < self._next_due:
             return False
+        if self._pacing_observer is not None:
+            self._observe_pacing(now - self._next_due)
         tick = self._next_tick
         elapsed = 1
         behind = int((now - self._next_due) / FRAME_S)
@@ -346,6 +355,15 @@ class RtpEngine:
         for media in list(self._media.values()):
             self._guarded(media, media.send, now, elapsed)
         return True
+
+    def _observe_pacing(self, lateness: float) -> None:
+        assert self._pacing_observer is not None
+        try:
+            self._pacing_observer(lateness)
+        except Exception:
+            # the metric is lost, never the pacing (this may run inside a trio instrument)
+            self._log.exception("the RTP pacing observer failed; it is switched off")
+            self._pacing_observer = None
 
     def _receive(self, now: float) -> None:
         self._report_lost()

@@ -924,13 +924,15 @@ async def serve_sip(
     log: logging.Logger,
     rng: random.Random,
     new_call_id: Callable[[], str],
+    pacing_observer: Callable[[float], None] | None = None,
     task_status: trio.TaskStatus[SipListening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve SIP on ``config.host:config.port`` (UDP and/or TCP) until cancelled.
 
     `admit()` reserves a call slot in the daemon (False: at capacity or draining) and `release()`
     frees it when the call is over; `available()` says whether a call would be admitted now
-    (OPTIONS and INVITE get 503 otherwise). Reports ``started(SipListening(port))``.
+    (OPTIONS and INVITE get 503 otherwise). `pacing_observer` is told how late, in seconds, each
+    20 ms RTP tick ran. Reports ``started(SipListening(port))``.
     """
     transports = set(config.transports)
     udp_sock: socket.socket | None = None
@@ -958,7 +960,7 @@ async def serve_sip(
     )
     ua = SipUserAgent(settings, rng=rng)
     endpoint: _SipEndpoint | None = None
-    rtp = RtpEngine(log=log)
+    rtp = RtpEngine(log=log, pacing_observer=pacing_observer)
     ports = RtpPortPool(config.host, config.rtp_port_min, config.rtp_port_max, rng=rng)
     try:
         async with trio.open_nursery() as nursery:

@@ -267,9 +267,10 @@ class CallBridge:
         self._observations: list[Observation] = []
         # Tool calls whose end has not been observed yet (usually none).
         self._unobserved_tools: list[_ToolCall] = []
-        # A caller's turn ended (seconds of caller time since then, and when): the first reply
-        # audio measures the turn latency.
+        # A caller's turn ended (seconds of caller time since then, and when): the first audio
+        # of a reply that started after it measures the turn latency.
         self._turn_ended: tuple[float, float] | None = None
+        self._response_at_turn_end: str | None = None
         self.latencies: dict[str, Any] = {
             "model_connect_ms": None,
             "turns_ms": [],
@@ -320,7 +321,7 @@ class CallBridge:
         if self._unobserved_tools:
             still_running = []
             for call in self._unobserved_tools:
-                if call.finished:
+                if call.finished or self.ended:
                     outcome = call.outcome.value if call.outcome else ToolOutcome.CANCELLED.value
                     self._observations.append(
                         ToolCallEnded(call.name, outcome, self._tool_record(call))
@@ -361,7 +362,9 @@ class CallBridge:
                 return self._speech_started(audio_start_ms, now)
             case CallerDtmf(digit=digit):
                 return self._dtmf(digit, now)
-            case AgentReady(session_id=session_id):
+            case AgentReady(session_id=session_id, caller_audio_dropped=dropped):
+                # The model's input timeline starts after what it dropped while connecting.
+                self._dropped_caller_bytes += dropped
                 return self._agent_ready(session_id, now)
             case AgentResponseStarted(response_id=response_id):
                 self._responses += 1
@@ -377,6 +380,8 @@ class CallBridge:
                 return []
             case AgentSpeechStopped(audio_end_ms=audio_end_ms):
                 self._turn_ended = (self._caller_seconds_since(audio_end_ms), now)
+                # Without barge-in a reply may still be playing: it is not the answer.
+                self._response_at_turn_end = self._active_response
                 return []
             case TelephonyEnded(reason=reason, detail=detail):
                 return self._end(reason, detail, now, hang_up=False)
@@ -514,7 +519,7 @@ class CallBridge:
         if not whole:
             return commands
         item.sent += whole
-        if self._turn_ended is not None:
+        if self._turn_ended is not None and event.response_id != self._response_at_turn_end:
             self._observe_turn_latency(now)
         return [*commands, PlayAudio(event.item_id, audio[:whole])]
 

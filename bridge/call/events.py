@@ -31,6 +31,8 @@ class EndReason(enum.Enum):
     INTERNAL_ERROR = "internal_error"
     AGENT_HANGUP = "agent_hangup"
     TRANSFERRED = "transferred"
+    # Rebuilt from the call's journal at the next start: the daemon died mid-call.
+    DAEMON_CRASHED = "daemon_crashed"
 
 
 class Capability(enum.Enum):
@@ -156,9 +158,13 @@ class SendDtmf:
 
 @attrs.frozen
 class AgentReady:
-    """The model session is configured and confirmed the call's audio formats."""
+    """The model session is configured and confirmed the call's audio formats.
+
+    `caller_audio_dropped` bytes of caller audio were dropped while it was getting ready (only
+    the last seconds are held for it), so they never reached the model."""
 
     session_id: str
+    caller_audio_dropped: int = 0
 
 
 @attrs.frozen

@@ -80,6 +80,7 @@ async def running_daemon(
                     }
                 },
                 "records": {"directory": str(tmp_path / "records")},
+                "metrics": {"port": 0},
             },
             overrides or {},
         )

@@ -431,7 +431,7 @@ class RealtimeSession:
 
     def _become_ready(self) -> None:
         self._phase = SessionPhase.READY
-        self._events.append(AgentReady(self._session_id))
+        self._events.append(AgentReady(self._session_id, self._audio_dropped))
         held, self._held = self._held, collections.deque()
         self._held_audio_bytes = 0
         for command in held:

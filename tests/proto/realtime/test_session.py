@@ -233,7 +233,7 @@ def test_commands_before_ready_are_held_in_order_and_audio_is_bounded() -> None:
     session.send(RequestResponse("Greet the caller."), 100.2)
     assert session.messages_to_send() == []
     session.receive_message(ga_session_event("session.updated", *PCMU), 100.3)
-    assert events(session) == [AgentReady("sess_1")]
+    assert events(session) == [AgentReady("sess_1", caller_audio_dropped=3200)]
     out = sent(session)
     assert [event["type"] for event in out] == (
         ["conversation.item.create"] + ["input_audio_buffer.append"] * 10 + ["response.create"]
