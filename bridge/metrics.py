@@ -157,7 +157,7 @@ class Metrics:
             registry=registry,
         )
         # Series that exist before anything happened, so rate() and alerts see a 0, not nothing.
-        for direction, reason in _DROPPED_IN_RECORD.values():
+        for direction, reason in [*_DROPPED_IN_RECORD.values(), ("caller", "call_inbox_full")]:
             self.audio_frames_dropped.labels(direction, reason)
         for direction, modality in (
             ("input", "text"),
@@ -203,10 +203,10 @@ class Metrics:
             for key, (direction, why) in _DROPPED_IN_RECORD.items():
                 self._count_dropped(direction, why, _count(statistics.get(key)) // g711.FRAME_BYTES)
         # Caller audio the telephony leg could not hand to the control loop (the call's inbox
-        # was full); counted in frames (RTP) or media messages of 20 ms (media streams).
+        # was full), in bytes like the bridge's own counts.
         telephony = record.get("telephony_statistics")
         if isinstance(telephony, Mapping):
-            frames = _count(telephony.get("caller_audio_dropped"))
+            frames = _count(telephony.get("dropped_caller_bytes")) // g711.FRAME_BYTES
             self._count_dropped("caller", "call_inbox_full", frames)
 
     def _count_dropped(self, direction: str, reason: str, frames: int) -> None:

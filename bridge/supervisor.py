@@ -112,6 +112,7 @@ async def run_call(
             bridge.end(EndReason.SHUTDOWN, "daemon stopping", trio.current_time())
         watch.observe()
         record = bridge.record()
+        record["telephony_statistics"] = {"dropped_caller_bytes": leg.caller_audio_dropped}
         record["started_at"] = started_wall.isoformat()
         log.info(
             "call ended",

@@ -103,7 +103,7 @@ def test_dropped_frames_from_the_record_by_direction_and_reason() -> None:
     metrics.call_started("sip")
     metrics.call_ended("sip", record)
     metrics.call_started("sip")
-    metrics.call_ended("sip", {**record, "telephony_statistics": {"caller_audio_dropped": 7}})
+    metrics.call_ended("sip", {**record, "telephony_statistics": {"dropped_caller_bytes": 7 * 160}})
     dropped = "bridge_audio_frames_dropped_total"
     assert value(metrics, dropped, direction="caller", reason="model_leg_behind") == 8
     assert value(metrics, dropped, direction="model", reason="interrupted") == 6

@@ -9,18 +9,25 @@ rejected, a drain lets calls finish and exits 0.
 
 from __future__ import annotations
 
+import array
+import contextlib
+import json
 import random
 import signal
 import time
+import wave
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import trio
+import trio_websocket
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.call.events import Codec
 from bridge.caller import CallerResult, run_caller
 from bridge.media import g711
+from bridge.sip_caller import place_call
 from tests.support.model_tap import open_model_tap
 from tests.support.service import (
     MEDIA_SECRET,
@@ -29,6 +36,7 @@ from tests.support.service import (
     service_config,
     websocket_upgrade_status,
 )
+from tests.support.sipp import free_media_port, free_udp_port
 
 PARAMETERS = {"secret": MEDIA_SECRET, "from": "+15550100001", "to": "+15550100002"}
 
@@ -196,3 +204,159 @@ async def test_sigterm_hangs_up_calls_still_up_after_the_grace(tmp_path: Path) -
     (record,) = service.records()
     assert record["end_reason"] == "shutdown"
     assert record["duration_s"] > 0
+
+
+async def call_until_cut(service: Service, audio: bytes) -> None:
+    """A call whose daemon is killed under it: the caller only has to notice the line drop."""
+    with contextlib.suppress(trio.BrokenResourceError, trio_websocket.ConnectionClosed):
+        await call(service, audio)
+
+
+def records_in(records_dir: Path) -> list[Path]:
+    return sorted(records_dir.glob("*.jsonl"))
+
+
+def journals(records_dir: Path) -> list[Path]:
+    return sorted((records_dir / "journal").glob("*/*.jsonl"))
+
+
+def journal_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_sigkill_mid_call_leaves_the_call_readable_and_the_next_start_recovers_it(
+    tmp_path: Path,
+) -> None:
+    config = service_config(tmp_path / "first", {"records": {"audio": True}})
+    records_dir = Path(config["records"]["directory"])
+    (tmp_path / "first").mkdir()
+    async with running_service(tmp_path / "first", config) as service:
+        await service.notification("READY")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_until_cut, service, loud_noise(700, seed=7) + quiet(15000))
+            # Wait until the model's reply is in the journal, then kill the daemon outright.
+            with trio.fail_after(15):
+                while not any(  # noqa: ASYNC110 (the journal is a file)
+                    line.get("role") == "model"
+                    for path in journals(records_dir)
+                    for line in journal_lines(path)
+                ):
+                    await trio.sleep(0.05)
+            service.send_signal(signal.SIGKILL)
+            assert await service.wait() == -signal.SIGKILL
+    # No record was written, but the journal has the call up to the kill.
+    assert not records_in(records_dir)
+    (journal,) = journals(records_dir)
+    lines = journal_lines(journal)
+    started = lines[0]
+    assert started["event"] == "call.started"
+    assert started["ingress"] == "mediastream"
+    assert started["caller"] == "+15550100001"
+    events = [line["event"] for line in lines]
+    assert "model_connected" in events
+    assert "transcript" in events
+    assert "call.ended" not in events
+    # The recording is a valid stereo WAV up to its last flush, caller audio on the left.
+    with wave.open(str(journal.with_suffix(".wav")), "rb") as recording:
+        assert recording.getnchannels() == 2
+        assert recording.getframerate() == 8000
+        frames = recording.readframes(recording.getnframes())
+    left = array.array("h", frames)[0::2]
+    assert max(abs(sample) for sample in left) > 1000
+
+    # The next start rebuilds the record from the journal, once.
+    second = {**service_config(tmp_path / "second"), "records": config["records"]}
+    (tmp_path / "second").mkdir()
+    async with running_service(tmp_path / "second", second) as service:
+        await service.notification("READY")
+        service.send_signal(signal.SIGTERM)
+        assert await service.wait() == 0
+    (record,) = service.records()
+    assert record["call_id"] == started["call_id"]
+    assert record["end_reason"] == "daemon_crashed"
+    assert any(line["role"] == "model" for line in record["transcript"])
+    assert journal_lines(journal)[-1]["event"] == "call.ended"
+    assert any("rebuilt from its journal" in line["msg"] for line in service.logs())
+
+
+async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Path) -> None:
+    sip_port = free_udp_port()
+    rtp = free_media_port()
+    config = service_config(
+        tmp_path,
+        {
+            "tools": [{"name": "end_call", "kind": "builtin"}],
+            "model": {
+                "loopback": {
+                    "tool_calls": [
+                        {"dtmf": "5", "name": "end_call", "say": "Goodbye", "arguments": {}}
+                    ]
+                }
+            },
+            "ingress": {
+                "sip": {
+                    "enabled": True,
+                    "host": "127.0.0.1",
+                    "port": sip_port,
+                    "rtp_port_min": rtp,
+                    "rtp_port_max": rtp + 3,
+                }
+            },
+        },
+    )
+    async with running_service(tmp_path, config) as service:
+        await service.notification("READY")
+        # A caller who talks over the reply (barge-in), one who presses 5 (end_call), one on SIP.
+        barge_in = loud_noise(1000, seed=8) + quiet(1100) + loud_noise(600, seed=9)
+        await call(service, barge_in)
+        await call(service, quiet(4000), dtmf=[(0.5, "5")])
+        with trio.fail_after(40):
+            sip_call = await place_call(
+                "127.0.0.1",
+                sip_port,
+                audio=loud_noise(800, seed=10) + quiet(1500),
+                max_duration_s=20.0,
+            )
+        assert sip_call.answered
+        text = (await get(service.metrics_url("/metrics"))).text
+        service.send_signal(signal.SIGTERM)
+        assert await service.wait() == 0
+
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[name, tuple(sorted(labels.items()))]
+
+    assert value("bridge_calls_total", ingress="mediastream", end_reason="caller_hangup") == 1
+    assert value("bridge_calls_total", ingress="mediastream", end_reason="agent_hangup") == 1
+    assert value("bridge_calls_total", ingress="sip", end_reason="caller_hangup") == 1
+    assert value("bridge_active_calls", ingress="mediastream") == 0
+    assert value("bridge_active_calls", ingress="sip") == 0
+    assert value("bridge_model_connect_seconds_count") == 3
+    assert value("bridge_turn_latency_seconds_count") >= 2
+    assert value("bridge_turn_latency_seconds_sum") > 0
+    assert value("bridge_barge_in_latency_seconds_count") == 1
+    assert value("bridge_rtp_pacing_error_seconds_count") > 50
+    assert value("bridge_tool_calls_total", tool="end_call", outcome="ok") == 1
+    assert value("bridge_model_reconnects_total") == 0
+    tokens = sum(v for (name, _), v in samples.items() if name == "bridge_tokens_total")
+    assert tokens > 0
+    # Frames dropped are exported from the start, by direction and reason (none dropped here).
+    assert (
+        value("bridge_audio_frames_dropped_total", direction="caller", reason="call_inbox_full")
+        == 0
+    )
+    # No per-call labels: no call id, number or item id anywhere.
+    assert "c-" not in "".join(str(labels) for (_, labels) in samples)
+    assert "+1555" not in text
+    records = service.records()
+    assert sorted(r["end_reason"] for r in records) == [
+        "agent_hangup",
+        "caller_hangup",
+        "caller_hangup",
+    ]
+    assert all(record["latency"]["model_connect_ms"] > 0 for record in records)

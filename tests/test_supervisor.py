@@ -43,6 +43,7 @@ class ScriptedPhone:
 
     script: list[tuple[float, TelephonyEvent]]
     info: CallInfo = INFO
+    caller_audio_dropped: int = 0
     commands: list[tuple[float, TelephonyCommand]] = attrs.field(factory=list)
     closed_at: float | None = None
 

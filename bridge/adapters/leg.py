@@ -29,6 +29,11 @@ class TelephonyLeg(Protocol):
     @property
     def info(self) -> CallInfo: ...
 
+    @property
+    def caller_audio_dropped(self) -> int:
+        """Bytes of caller audio dropped because the call's control loop fell behind."""
+        ...
+
     async def run(
         self,
         events: trio.MemorySendChannel[TelephonyEvent],

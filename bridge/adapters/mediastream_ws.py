@@ -142,6 +142,10 @@ class MediaStreamLeg:
         with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
             await self._websocket.aclose(code)
 
+    @property
+    def caller_audio_dropped(self) -> int:
+        return self._caller_audio_dropped
+
     def statistics(self) -> MediaStreamLegStatistics:
         return MediaStreamLegStatistics(
             stream=self._session.statistics(),

@@ -458,6 +458,10 @@ class SipCallLeg:
     def refer_timed_out(self, detail: str) -> None:
         self._finish_transfer(False, 0, detail)
 
+    @property
+    def caller_audio_dropped(self) -> int:
+        return self._media.statistics.caller_audio_dropped if self._media is not None else 0
+
     def info_dtmf(self, digit: str) -> None:
         if self._events is None:
             return
