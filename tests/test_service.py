@@ -161,6 +161,13 @@ async def test_sighup_gives_new_calls_the_new_config_and_rejects_a_bad_one(
     assert "unknown key 'voise'" in rejected[0]["problem"]
     assert any(line["msg"].startswith("configuration reloaded") for line in service.logs())
     assert len(service.records()) == 3
+    # Structured lines: every line about a call names it; no secret appears anywhere.
+    call_lines = [line for line in service.logs() if line["logger"] == "bridge.call"]
+    assert {"call started", "call ended"} <= {line["msg"] for line in call_lines}
+    assert all(line["call_id"].startswith("c-") for line in call_lines)
+    log_text = service.log_path.read_text()
+    assert "sk-test" not in log_text
+    assert MEDIA_SECRET not in log_text
 
 
 async def test_sigterm_refuses_new_calls_and_lets_the_call_in_progress_finish(

@@ -142,7 +142,9 @@ class RtpMedia:
         rtp_timeout_s: float,
         on_lost: Callable[[str], None],
         now: float,
+        call_id: str = "",
     ) -> None:
+        self.call_id = call_id
         self.session = session
         self.sockets = sockets
         self.statistics = RtpMediaStatistics()
@@ -393,7 +395,7 @@ class RtpEngine:
             step(*args)
         except Exception:
             # one call's media must never stop the pacer for the others
-            self._log.exception("RTP media failed; the call ends")
+            self._log.exception("RTP media failed; the call ends", extra={"call_id": media.call_id})
             self.remove(media)
             self._lost.append(media)
 

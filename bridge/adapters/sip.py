@@ -232,6 +232,7 @@ class SipCallLeg:
             rtp_timeout_s=config.rtp_timeout_s,
             on_lost=self._media_lost,
             now=now,
+            call_id=self.info.call_id,
         )
         self._media.hold(_expects_caller_media(audio.direction), now)
         endpoint.ua.answer(self.key, media_port=self._sockets.port, now=now)
