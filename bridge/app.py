@@ -158,7 +158,7 @@ def prepare_tools(config: Config, environ: Mapping[str, str]) -> ToolResources:
             try:
                 for codec in Codec:
                     audio[tool.name, codec] = read_audio(tool.holding_audio, codec)
-            except (OSError, EOFError, wave.Error) as error:
+            except (OSError, EOFError, wave.Error, ValueError) as error:
                 problems.append(f"cannot read holding audio: {error} @ {where}.holding_audio")
         problems += _secret_header_problems(tool.secret_headers(), where, environ)
     hook = config.precall_hook
@@ -313,10 +313,6 @@ class _Current:
     config: Config
     resources: ToolResources
     model_url: str
-
-
-# Settings read once at start-up: a reload that changes them is told they need a restart.
-_RESTART_ONLY = ("ingress", "metrics", "service.name", "model.loopback")
 
 
 def reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -528,6 +524,9 @@ async def serve(
         async def reload(load: Callable[[], Config]) -> list[str]:
             """Load and check a new config for new calls; the problems if it was rejected."""
             nonlocal current
+            if calls.draining:
+                log.warning("reload ignored: the daemon is stopping")
+                return ["the daemon is stopping"]
             notifier.reloading()
             try:
                 effective, restart_only = reloadable(current.config, load())
@@ -539,6 +538,10 @@ async def serve(
                 problems = list(error.messages)
             except (SecretError, OSError) as error:
                 problems = [str(error)]
+            except Exception as error:
+                # Whatever is wrong with the new config, the daemon and its calls go on.
+                log.exception("the new configuration could not be checked")
+                problems = [f"{type(error).__name__}: {error}"]
             else:
                 problems = []
                 current = _Current(effective, new_resources, model_url)
@@ -645,9 +648,13 @@ async def _run_one_call(
     info = leg.info
     precall = PrecallResult()
     if config.precall_hook.url and refusal is None:
-        precall = await run_precall_hook(
-            config.precall_hook, info, environ=environ, log=call_log, client=http_client
-        )
+        try:
+            precall = await run_precall_hook(
+                config.precall_hook, info, environ=environ, log=call_log, client=http_client
+            )
+        except trio.Cancelled:
+            # run_call's first checkpoint raises it again, after the call got its record
+            refusal = AgentLegFailed(EndReason.SHUTDOWN, "stopped during the pre-call hook")
         info = attrs.evolve(info, variables={**info.variables, **precall.variables})
     profile = choose_profile(config, info, route_name=precall.route)
     if profile.route:
@@ -686,15 +693,16 @@ async def _run_one_call(
 
     records = config.records
     started_at = dt.datetime.now(dt.UTC)
-    journal = await _open_journal(config, info, profile, started_at, call_log)
-    recording = None
-    if journal is not None and records.audio:
-        try:
-            recording = await trio.to_thread.run_sync(
-                functools.partial(CallRecording.open, journal.recording_path, codec=info.codec)
-            )
-        except OSError as error:
-            call_log.error("could not start the call recording", extra={"error": str(error)})
+    with trio.CancelScope(shield=True):
+        journal = await _open_journal(config, info, profile, started_at, call_log)
+        recording = None
+        if journal is not None and records.audio:
+            try:
+                recording = await trio.to_thread.run_sync(
+                    functools.partial(CallRecording.open, journal.recording_path, codec=info.codec)
+                )
+            except OSError as error:
+                call_log.error("could not start the call recording", extra={"error": str(error)})
 
     def observe(observation: Observation) -> None:
         metrics.observe(observation)
