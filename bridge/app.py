@@ -74,6 +74,8 @@ log = logging.getLogger("bridge")
 # After the drain grace: how long SIP calls get to be hung up (BYE answered) before the
 # listeners close.
 SIP_SHUTDOWN_LINGER_S = 4.0
+# After the linger: closing sockets and writing the last records.
+STOP_MARGIN_S = 5.0
 # The Realtime API's server_vad default (realtime-api.md, turn detection).
 SERVER_VAD_DEFAULT_PREFIX_PADDING_MS = 300
 
@@ -445,6 +447,18 @@ async def serve(
             with calls.counting():
                 await run_one_call(leg, refusal)
 
+        def accepting_streams() -> bool:
+            if calls.draining:
+                metrics.call_refused("mediastream", "draining")
+                return False
+            return True
+
+        def admit_sip_call() -> bool:
+            if calls.reserve():
+                return True
+            metrics.call_refused("sip", "draining" if calls.draining else "at_capacity")
+            return False
+
         port = 0
         if ingress.enabled:
             port = await nursery.start(
@@ -452,7 +466,7 @@ async def serve(
                     serve_mediastream,
                     ingress,
                     handle_call=handle_call,
-                    accepting=lambda: not calls.draining,
+                    accepting=accepting_streams,
                     auth_token=secrets.auth_token,
                     shared_secret=secrets.shared_secret,
                     log=logging.getLogger("bridge.mediastream"),
@@ -482,7 +496,7 @@ async def serve(
                     serve_sip,
                     sip,
                     handle_call=handle_sip_call,
-                    admit=calls.reserve,
+                    admit=admit_sip_call,
                     release=calls.release,
                     available=calls.available,
                     log=logging.getLogger("bridge.sip"),
@@ -492,6 +506,7 @@ async def serve(
                 )
             )
             sip_port = listening_sip.port
+            metrics.watch_sip(listening_sip.statistics)
             log.info(
                 "listening",
                 extra={
@@ -552,6 +567,7 @@ async def serve(
                         "these settings changed but take effect only on restart",
                         extra={"settings": ",".join(restart_only)},
                     )
+            metrics.config_reloaded(not problems)
             for problem in problems:
                 log.error(
                     "configuration rejected, the previous one stays", extra={"problem": problem}
@@ -578,7 +594,10 @@ async def serve(
         if draining is not None:
             await draining.wait()
             grace = current.config.service.shutdown_grace_s
-            notifier.stopping(status_line(calls))
+            # systemd's stop timeout must not cut the drain short: ask for what it needs.
+            notifier.stopping(
+                status_line(calls), needs_s=grace + SIP_SHUTDOWN_LINGER_S + STOP_MARGIN_S
+            )
             metrics.set_draining()
             log.info("draining", extra={"calls": calls.active, "grace_s": grace})
             with trio.move_on_after(grace):

@@ -18,12 +18,14 @@ model (token usage) are checked before they are counted.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from bridge.call.events import EndReason, ToolOutcome
 from bridge.call.observations import (
@@ -35,6 +37,7 @@ from bridge.call.observations import (
     UsageReported,
 )
 from bridge.media import g711
+from bridge.proto.sip.useragent import UserAgentStatistics
 
 # Seconds. A model session is usually ready within 0.3 to 2 s; the 10 s and 20 s buckets catch a
 # struggling provider.
@@ -58,6 +61,7 @@ _END_REASONS = frozenset(reason.value for reason in EndReason)
 # Where audio is dropped, by (direction, reason): what the call record's statistics count.
 _DROPPED_IN_RECORD = {
     "dropped_caller_bytes": ("caller", "model_leg_behind"),
+    "dropped_caller_bytes_connecting": ("caller", "model_connecting"),
     "dropped_model_bytes": ("model", "interrupted"),
 }
 
@@ -90,8 +94,11 @@ class Metrics:
         self.audio_frames_dropped = Counter(
             "bridge_audio_frames_dropped_total",
             "20 ms audio frames dropped, by direction and reason. caller/model_leg_behind: caller"
-            " audio the model connection could not take in time (overload); model/interrupted:"
-            " model audio of a reply the caller had already interrupted (barge-in, by design).",
+            " audio the model connection could not take in time (overload);"
+            " caller/model_connecting: caller audio older than what is held for a model still"
+            " connecting; caller/call_inbox_full: caller audio the call's control loop could not"
+            " take (overload); model/interrupted: model audio of a reply the caller had already"
+            " interrupted (barge-in, by design).",
             ["direction", "reason"],
             registry=registry,
         )
@@ -156,9 +163,32 @@ class Metrics:
             "1 while the daemon is draining (stopping: no new calls, calls in progress finish).",
             registry=registry,
         )
+        self.calls_refused = Counter(
+            "bridge_calls_refused_total",
+            "Calls turned away before they started (SIP 503, media-stream upgrade refused), by"
+            " ingress and reason: at_capacity or draining. Calls refused after they were taken"
+            " (a media stream at capacity) end with end_reason at_capacity instead.",
+            ["ingress", "reason"],
+            registry=registry,
+        )
+        self.config_reloads = Counter(
+            "bridge_config_reloads_total",
+            "SIGHUP reloads by outcome: applied (new calls get the new config) or rejected (the"
+            " previous config stays; the log says why).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.config_last_reload_successful = Gauge(
+            "bridge_config_last_reload_successful",
+            "1 if the last reload was applied (or none was asked for), 0 if it was rejected.",
+            registry=registry,
+        )
+        self.config_last_reload_successful.set(1)
         # Series that exist before anything happened, so rate() and alerts see a 0, not nothing.
         for direction, reason in [*_DROPPED_IN_RECORD.values(), ("caller", "call_inbox_full")]:
             self.audio_frames_dropped.labels(direction, reason)
+        for outcome in ("applied", "rejected"):
+            self.config_reloads.labels(outcome)
         for direction, modality in (
             ("input", "text"),
             ("input", "audio"),
@@ -183,6 +213,18 @@ class Metrics:
         """One RTP tick ran `seconds` late (the RTP engine's ``pacing_observer``)."""
         if seconds >= 0 and math.isfinite(seconds):
             self.rtp_pacing_error.observe(seconds)
+
+    def call_refused(self, ingress: str, reason: str) -> None:
+        """A call was turned away before it started (`reason`: at_capacity or draining)."""
+        self.calls_refused.labels(ingress, reason).inc()
+
+    def config_reloaded(self, applied: bool) -> None:
+        self.config_reloads.labels("applied" if applied else "rejected").inc()
+        self.config_last_reload_successful.set(1 if applied else 0)
+
+    def watch_sip(self, statistics: Callable[[], UserAgentStatistics]) -> None:
+        """Export the SIP user agent's own counters, read at each scrape."""
+        self.registry.register(_SipCollector(statistics))
 
     def model_reconnected(self) -> None:
         """A call's model session was replaced by a new one."""
@@ -278,3 +320,53 @@ __all__ = [
     "UNKNOWN_TOOL",
     "Metrics",
 ]
+
+
+class _SipCollector(Collector):
+    """The SIP core's counters (bridge.proto.sip.useragent.UserAgentStatistics), pulled at scrape
+    time: the core counts anyway, so nothing is added to the SIP path."""
+
+    def __init__(self, statistics: Callable[[], UserAgentStatistics]) -> None:
+        self._statistics = statistics
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        figures = self._statistics()
+        counters = (
+            ("bridge_sip_requests_received", "SIP requests received.", figures.requests_in),
+            ("bridge_sip_responses_received", "SIP responses received.", figures.responses_in),
+            ("bridge_sip_messages_sent", "SIP messages sent.", figures.messages_out),
+            (
+                "bridge_sip_retransmissions",
+                "SIP messages sent again (timers, or answers to retransmitted requests).",
+                figures.retransmissions,
+            ),
+            (
+                "bridge_sip_malformed",
+                "SIP datagrams or messages that did not parse.",
+                figures.malformed,
+            ),
+            (
+                "bridge_sip_refused_sources",
+                "SIP messages from sources outside ingress.sip.allow_from.",
+                figures.refused_sources,
+            ),
+            (
+                "bridge_sip_invites_offered",
+                "New SIP calls (initial INVITEs).",
+                figures.calls_offered,
+            ),
+            (
+                "bridge_sip_invites_rejected",
+                "Initial INVITEs answered with a failure (503 at capacity or draining, 4xx for a"
+                " bad offer).",
+                figures.calls_rejected,
+            ),
+        )
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(name, documentation, value=value)
+        yield GaugeMetricFamily(
+            "bridge_sip_dialogs", "SIP dialogs in progress.", value=figures.dialogs
+        )
+        yield GaugeMetricFamily(
+            "bridge_sip_transactions", "SIP transactions in progress.", value=figures.transactions
+        )

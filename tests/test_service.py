@@ -92,6 +92,8 @@ async def test_ready_once_listening_then_status_watchdog_and_stopping(tmp_path: 
         service.send_signal(signal.SIGTERM)
         stopping = await service.notification("STOPPING")
         assert stopping["STOPPING"] == "1"
+        # systemd is asked to wait for the grace (10 s), the SIP linger (4 s) and a margin (5 s).
+        assert stopping["EXTEND_TIMEOUT_USEC"] == "19000000"
         assert await service.wait() == 0
     (record,) = service.records()
     assert record["end_reason"] == "caller_hangup"
@@ -145,6 +147,10 @@ async def test_sighup_gives_new_calls_the_new_config_and_rejects_a_bad_one(
             ready = await service.notification("READY")
             assert "reload rejected" in ready["STATUS"]
             await call(service, loud_noise(400, seed=4) + quiet(800))
+            figures = metric_values((await get(service.metrics_url("/metrics"))).text)
+            assert figures["bridge_config_reloads_total", ("outcome", "applied")] == 1
+            assert figures["bridge_config_reloads_total", ("outcome", "rejected")] == 1
+            assert figures["bridge_config_last_reload_successful",] == 0
 
             service.send_signal(signal.SIGTERM)
             assert await service.wait() == 0
@@ -190,6 +196,14 @@ async def test_sigterm_refuses_new_calls_and_lets_the_call_in_progress_finish(
             assert await websocket_upgrade_status(service.mediastream_port) == 503
             assert (await get(service.metrics_url("/readyz"))).status_code == 503
             assert (await get(service.metrics_url("/healthz"))).status_code == 200
+            figures = metric_values((await get(service.metrics_url("/metrics"))).text)
+            assert (
+                figures[
+                    "bridge_calls_refused_total", ("ingress", "mediastream"), ("reason", "draining")
+                ]
+                == 1
+            )
+            assert figures["bridge_draining",] == 1
         # The call ran to its natural end, well inside the grace, then the daemon exited.
         assert await service.wait(within=15) == 0
     assert results["long"].close_code is None or results["long"].close_code == 1000
@@ -217,6 +231,15 @@ async def call_until_cut(service: Service, audio: bytes) -> None:
     """A call whose daemon is killed under it: the caller only has to notice the line drop."""
     with contextlib.suppress(trio.BrokenResourceError, trio_websocket.ConnectionClosed):
         await call(service, audio)
+
+
+def metric_values(text: str) -> dict[tuple[Any, ...], float]:
+    """Samples of a /metrics page by (name, *sorted label pairs)."""
+    return {
+        (sample.name, *sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def records_in(records_dir: Path) -> list[Path]:
@@ -329,14 +352,10 @@ async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Pa
         service.send_signal(signal.SIGTERM)
         assert await service.wait() == 0
 
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    samples = metric_values(text)
 
     def value(name: str, **labels: str) -> float:
-        return samples[name, tuple(sorted(labels.items()))]
+        return samples[(name, *sorted(labels.items()))]
 
     assert value("bridge_calls_total", ingress="mediastream", end_reason="caller_hangup") == 1
     assert value("bridge_calls_total", ingress="mediastream", end_reason="agent_hangup") == 1
@@ -350,7 +369,10 @@ async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Pa
     assert value("bridge_rtp_pacing_error_seconds_count") > 50
     assert value("bridge_tool_calls_total", tool="end_call", outcome="ok") == 1
     assert value("bridge_model_reconnects_total") == 0
-    tokens = sum(v for (name, _), v in samples.items() if name == "bridge_tokens_total")
+    assert value("bridge_sip_invites_offered_total") == 1
+    assert value("bridge_sip_invites_rejected_total") == 0
+    assert value("bridge_sip_dialogs") == 0
+    tokens = sum(v for key, v in samples.items() if key[0] == "bridge_tokens_total")
     assert tokens > 0
     # Frames dropped are exported from the start, by direction and reason (none dropped here).
     assert (
@@ -358,7 +380,7 @@ async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Pa
         == 0
     )
     # No per-call labels: no call id, number or item id anywhere.
-    assert "c-" not in "".join(str(labels) for (_, labels) in samples)
+    assert "c-" not in "".join(str(key[1:]) for key in samples)
     assert "+1555" not in text
     records = service.records()
     assert sorted(r["end_reason"] for r in records) == [

@@ -77,6 +77,7 @@ from bridge.proto.sip.useragent import (
     Termination,
     Transport,
     UserAgentSettings,
+    UserAgentStatistics,
 )
 
 INGRESS = "sip"
@@ -111,6 +112,8 @@ class SipListening:
     port: int
     # end_calls(linger_s): BYE (or 503) every call, then let the BYEs get their answers
     end_calls: Callable[[float], Awaitable[None]] = attrs.field(eq=False, repr=False)
+    # the SIP core's counters now (for metrics)
+    statistics: Callable[[], UserAgentStatistics] = attrs.field(eq=False, repr=False)
 
 
 # ---- the call leg ------------------------------------------------------------------------------
@@ -1001,7 +1004,9 @@ async def serve_sip(
                     "rtp_ports": f"{config.rtp_port_min}-{config.rtp_port_max}",
                 },
             )
-            task_status.started(SipListening(port=port, end_calls=endpoint.end_calls))
+            task_status.started(
+                SipListening(port=port, end_calls=endpoint.end_calls, statistics=ua.statistics)
+            )
     finally:
         if udp_sock is not None:
             udp_sock.close()

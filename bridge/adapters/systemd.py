@@ -6,7 +6,8 @@ named by ``NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace). We
 * ``READY=1`` once every listener is up, and again after a reload;
 * ``RELOADING=1`` with ``MONOTONIC_USEC=`` (CLOCK_MONOTONIC in µs, which ``Type=notify-reload``
   requires and plain ``Type=notify`` accepts) when a reload starts;
-* ``STOPPING=1`` when the drain starts;
+* ``STOPPING=1`` when the drain starts, with ``EXTEND_TIMEOUT_USEC=`` for the time the drain may
+  take, so a ``TimeoutStopSec=`` shorter than the configured grace does not cut calls off;
 * ``STATUS=`` a one-line human status (``systemctl status`` shows it);
 * ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` (systemd.service(5) ``WatchdogSec=``), sent by a task
   of the event loop that serves calls, so a stuck loop stops the pings and systemd restarts it.
@@ -56,9 +57,12 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration")
 
-    def stopping(self, status: str) -> None:
+    def stopping(self, status: str, *, needs_s: float) -> None:
+        """The drain started; it may take up to `needs_s` (EXTEND_TIMEOUT_USEC: systemd waits
+        at least that long before it kills us, even with a shorter TimeoutStopSec=)."""
         self._status = status
-        self._send(f"STOPPING=1\nSTATUS={status}")
+        usec = round(needs_s * 1_000_000)
+        self._send(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={usec}\nSTATUS={status}")
 
     def status(self, status: str) -> None:
         """Send STATUS= when it changed."""

@@ -223,6 +223,8 @@ class CallBridgeStatistics:
     responses: int
     dropped_model_bytes: int
     dropped_caller_bytes: int
+    # Caller audio from before the model was ready that it had no room to hold.
+    dropped_caller_bytes_connecting: int
     model_errors: int
     dtmf_digits: int
     tool_calls: int
@@ -255,6 +257,7 @@ class CallBridge:
         self._model_bytes = 0
         self._dropped_model_bytes = 0
         self._dropped_caller_bytes = 0
+        self._dropped_connecting_bytes = 0
         self._barge_ins = 0
         self._truncations = 0
         self._responses = 0
@@ -311,6 +314,7 @@ class CallBridge:
             responses=self._responses,
             dropped_model_bytes=self._dropped_model_bytes,
             dropped_caller_bytes=self._dropped_caller_bytes,
+            dropped_caller_bytes_connecting=self._dropped_connecting_bytes,
             model_errors=self._model_errors,
             dtmf_digits=len(self.digits),
             tool_calls=len(self._tool_calls),
@@ -364,7 +368,7 @@ class CallBridge:
                 return self._dtmf(digit, now)
             case AgentReady(session_id=session_id, caller_audio_dropped=dropped):
                 # The model's input timeline starts after what it dropped while connecting.
-                self._dropped_caller_bytes += dropped
+                self._dropped_connecting_bytes += dropped
                 return self._agent_ready(session_id, now)
             case AgentResponseStarted(response_id=response_id):
                 self._responses += 1
@@ -910,7 +914,8 @@ class CallBridge:
 
     def _caller_seconds_since(self, position_ms: int) -> float:
         """How long ago, in caller audio, the model's input position `position_ms` was."""
-        passed = self._caller_bytes - len(self._input) - self._dropped_caller_bytes
+        dropped = self._dropped_caller_bytes + self._dropped_connecting_bytes
+        passed = self._caller_bytes - len(self._input) - dropped
         return max(0.0, (g711.duration_ms(passed) - position_ms) / 1000)
 
     def _observe_turn_latency(self, now: float) -> None:
