@@ -453,11 +453,12 @@ async def serve(
                 return False
             return True
 
-        def admit_sip_call() -> bool:
-            if calls.reserve():
-                return True
-            metrics.call_refused("sip", "draining" if calls.draining else "at_capacity")
-            return False
+        def sip_call_refused(status: int) -> None:
+            if status != 503:
+                reason = "bad_request"
+            else:
+                reason = "draining" if calls.draining else "at_capacity"
+            metrics.call_refused("sip", reason)
 
         port = 0
         if ingress.enabled:
@@ -496,13 +497,14 @@ async def serve(
                     serve_sip,
                     sip,
                     handle_call=handle_sip_call,
-                    admit=admit_sip_call,
+                    admit=calls.reserve,
                     release=calls.release,
                     available=calls.available,
                     log=logging.getLogger("bridge.sip"),
                     rng=rng,
                     new_call_id=new_call_id,
                     pacing_observer=metrics.pacing_error,
+                    refused=sip_call_refused,
                 )
             )
             sip_port = listening_sip.port

@@ -167,7 +167,8 @@ class Metrics:
             "bridge_calls_refused_total",
             "Calls turned away before they started (SIP 503, media-stream upgrade refused), by"
             " ingress and reason: at_capacity or draining. Calls refused after they were taken"
-            " (a media stream at capacity) end with end_reason at_capacity instead.",
+            " (a media stream at capacity) end with end_reason at_capacity instead; bad_request:"
+            " a SIP INVITE that failed a check (no or unusable offer, unknown Require).",
             ["ingress", "reason"],
             registry=registry,
         )

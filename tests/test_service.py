@@ -179,7 +179,23 @@ async def test_sighup_gives_new_calls_the_new_config_and_rejects_a_bad_one(
 async def test_sigterm_refuses_new_calls_and_lets_the_call_in_progress_finish(
     tmp_path: Path,
 ) -> None:
-    config = service_config(tmp_path, {"service": {"shutdown_grace_s": 20.0}})
+    sip_port = free_udp_port()
+    rtp = free_media_port()
+    config = service_config(
+        tmp_path,
+        {
+            "service": {"shutdown_grace_s": 20.0},
+            "ingress": {
+                "sip": {
+                    "enabled": True,
+                    "host": "127.0.0.1",
+                    "port": sip_port,
+                    "rtp_port_min": rtp,
+                    "rtp_port_max": rtp + 3,
+                }
+            },
+        },
+    )
     async with running_service(tmp_path, config) as service:
         await service.notification("READY")
         results: dict[str, CallerResult] = {}
@@ -192,8 +208,13 @@ async def test_sigterm_refuses_new_calls_and_lets_the_call_in_progress_finish(
             await service.status("1 active call")
             service.send_signal(signal.SIGTERM)
             await service.notification("STOPPING")
-            # New calls are refused at the websocket upgrade; the health check says not ready.
+            # New calls are refused: at the websocket upgrade, and with a SIP 503; the health
+            # check says not ready.
             assert await websocket_upgrade_status(service.mediastream_port) == 503
+            with trio.fail_after(10):
+                refused = await place_call("127.0.0.1", sip_port, audio=quiet(500))
+            assert not refused.answered
+            assert refused.final_status == 503
             assert (await get(service.metrics_url("/readyz"))).status_code == 503
             assert (await get(service.metrics_url("/healthz"))).status_code == 200
             figures = metric_values((await get(service.metrics_url("/metrics"))).text)
@@ -201,6 +222,10 @@ async def test_sigterm_refuses_new_calls_and_lets_the_call_in_progress_finish(
                 figures[
                     "bridge_calls_refused_total", ("ingress", "mediastream"), ("reason", "draining")
                 ]
+                == 1
+            )
+            assert (
+                figures["bridge_calls_refused_total", ("ingress", "sip"), ("reason", "draining")]
                 == 1
             )
             assert figures["bridge_draining",] == 1

@@ -68,6 +68,7 @@ from bridge.proto.sip.useragent import (
     CallTerminated,
     IncomingCall,
     InfoDtmf,
+    InviteRefused,
     MediaUpdated,
     Peer,
     ReferAnswered,
@@ -534,8 +535,10 @@ class _SipEndpoint:
         handle_call: Callable[[SipCallLeg], Awaitable[None]],
         new_call_id: Callable[[], str],
         nursery: trio.Nursery,
+        refused: Callable[[int], None],
     ) -> None:
         self.config = config
+        self._refused = refused
         self.ua = ua
         self.rtp = rtp
         self.ports = ports
@@ -580,6 +583,8 @@ class _SipEndpoint:
             match event:
                 case IncomingCall():
                     self._incoming(event)
+                case InviteRefused(status=status):
+                    self._refused(status)
                 case CallConfirmed(call=key):
                     if (leg := self._legs.get(key)) is not None:
                         leg.confirmed()
@@ -633,6 +638,7 @@ class _SipEndpoint:
         source = f"{event.source.host}:{event.source.port}"
         if not self._accepting() or not self._admit():
             self.ua.reject(event.call, 503, now, retry_after=self.config.retry_after_s)
+            self._refused(503)
             self.log.warning(
                 "SIP call refused: at capacity or draining",
                 extra={"sip_call_id": event.call_id, "source": source},
@@ -643,6 +649,7 @@ class _SipEndpoint:
         except (NoRtpPort, OSError) as error:
             self._release()
             self.ua.reject(event.call, 503, now, retry_after=self.config.retry_after_s)
+            self._refused(503)
             self.log.error(
                 "SIP call refused: no RTP port",
                 extra={"sip_call_id": event.call_id, "error": str(error)},
@@ -933,6 +940,7 @@ async def serve_sip(
     rng: random.Random,
     new_call_id: Callable[[], str],
     pacing_observer: Callable[[float], None] | None = None,
+    refused: Callable[[int], None] = lambda status: None,
     task_status: trio.TaskStatus[SipListening] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve SIP on ``config.host:config.port`` (UDP and/or TCP) until cancelled.
@@ -940,7 +948,8 @@ async def serve_sip(
     `admit()` reserves a call slot in the daemon (False: at capacity or draining) and `release()`
     frees it when the call is over; `available()` says whether a call would be admitted now
     (OPTIONS and INVITE get 503 otherwise). `pacing_observer` is told how late, in seconds, each
-    20 ms RTP tick ran. Reports ``started(SipListening(port))``.
+    20 ms RTP tick ran, and `refused(status)` of each new INVITE answered with a failure (503
+    when not admitted, 4xx for a bad request or offer). Reports ``started(SipListening(port))``.
     """
     transports = set(config.transports)
     udp_sock: socket.socket | None = None
@@ -985,6 +994,7 @@ async def serve_sip(
                 handle_call=handle_call,
                 new_call_id=new_call_id,
                 nursery=nursery,
+                refused=refused,
             )
             await nursery.start(rtp.run)
             nursery.start_soon(endpoint.serve_timers)

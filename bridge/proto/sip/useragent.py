@@ -468,8 +468,19 @@ class ReferTimedOut:
     detail: str
 
 
+@attrs.frozen
+class InviteRefused:
+    """A new INVITE failed a check and got this final status (503 when not `accepting`); not
+    reported for a merged request (482), which is a copy of a call already here."""
+
+    call_id: str
+    status: int
+    source: Peer
+
+
 UserAgentEvent = (
     IncomingCall
+    | InviteRefused
     | CallConfirmed
     | MediaUpdated
     | InfoDtmf
@@ -980,6 +991,9 @@ class SipUserAgent:
             extra = refusal.extra if isinstance(refusal, _Refusal) else ()
             self._calls_rejected += 1
             self._complete_invite(transaction, status or 400, now, extra=extra)
+            if status != 482:
+                # (482: a copy of a call we already have, reached by another path: no new call)
+                self._events.append(InviteRefused(request.call_id, status or 400, request.source))
             return
         call = f"{request.call_id}/{transaction.to_tag}"
         dialog = _Dialog(

@@ -27,6 +27,7 @@ from bridge.proto.sip.useragent import (
     CallTerminated,
     IncomingCall,
     InfoDtmf,
+    InviteRefused,
     MediaUpdated,
     Peer,
     SipUserAgent,
@@ -579,7 +580,9 @@ def test_not_accepting_rejects_new_invites_with_503() -> None:
     assert (busy.status, busy.reason) == (503, "Service Unavailable")
     assert busy.headers.get("Retry-After") == "10"
     assert to_tag(busy)
-    assert h.events() == []
+    (refused,) = h.events()
+    assert isinstance(refused, InviteRefused)
+    assert (refused.status, refused.source) == (503, GATEWAY)
     assert h.ua.statistics().calls_rejected == 1
 
 
@@ -620,7 +623,9 @@ def test_invites_we_cannot_take(
     assert to_tag(final)
     if header is not None:
         assert final.headers.get(header) == value
-    assert h.events() == []
+    (refused,) = h.events()
+    assert isinstance(refused, InviteRefused)
+    assert refused.status == status
     assert h.ua.statistics().calls_rejected == 1
     # the ACK of the final is absorbed by the transaction
     assert h.feed(request("ACK", to_tag=to_tag(final))) == []
@@ -718,6 +723,7 @@ def test_tcp_no_retransmission_of_non_2xx_but_the_2xx_is() -> None:
     h = Harness()
     (_, busy) = h.responses(invite(body=""), GATEWAY_TCP)
     assert busy.status == 488
+    assert [type(event) for event in h.events()] == [InviteRefused]
     assert h.advance(40.0) == []
     assert h.tables_empty()
 
