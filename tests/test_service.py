@@ -414,3 +414,29 @@ async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Pa
         "caller_hangup",
     ]
     assert all(record["latency"]["model_connect_ms"] > 0 for record in records)
+
+
+async def test_a_second_sigterm_ends_calls_at_once_and_still_writes_their_records(
+    tmp_path: Path,
+) -> None:
+    config = service_config(tmp_path, {"service": {"shutdown_grace_s": 60.0}})
+    async with running_service(tmp_path, config) as service:
+        await service.notification("READY")
+        async with trio.open_nursery() as nursery:
+            for seed in (11, 12):
+                nursery.start_soon(call, service, loud_noise(600, seed=seed) + quiet(15000))
+            await service.status("2 active calls")
+            service.send_signal(signal.SIGTERM)
+            await service.notification("STOPPING")
+            service.send_signal(signal.SIGTERM)
+            # Far inside the 60 s grace: the second signal did not wait for it.
+            assert await service.wait(within=10) == 0
+    records = service.records()
+    assert [record["end_reason"] for record in records] == ["shutdown", "shutdown"]
+    for record in records:
+        (journal,) = (
+            path
+            for path in journals(Path(config["records"]["directory"]))
+            if path.stem == record["call_id"]
+        )
+        assert journal_lines(journal)[-1]["event"] == "call.ended"
