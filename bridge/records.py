@@ -72,6 +72,7 @@ from bridge.call.observations import (
     TranscriptAdded,
     TurnLatency,
     UsageReported,
+    add_usage,
 )
 
 JOURNAL_FOLDER = "journal"
@@ -424,7 +425,7 @@ def rebuild_record(
                 if isinstance(line.get("heard_ms"), dict):
                     heard.update(line["heard_ms"])
             case "usage" if isinstance(line.get("usage"), dict):
-                _add_usage(usage, line["usage"])
+                add_usage(usage, line["usage"])
     for entry in transcript:
         if entry.get("item_id") in heard:
             entry["heard_ms"] = heard[entry["item_id"]]
@@ -507,17 +508,6 @@ def _mtime(path: Path) -> dt.datetime:
 
 def _redact_tool_call(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if key not in ("arguments", "output")}
-
-
-def _add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> None:
-    """Sum a response's usage into the call's, recursing into detail objects (as CallBridge)."""
-    for key, value in usage.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            total[key] = total.get(key, 0) + value
-        elif isinstance(value, Mapping):
-            _add_usage(total.setdefault(key, {}), value)
 
 
 def _json_line(value: Mapping[str, Any]) -> bytes:

@@ -179,23 +179,11 @@ async def test_sighup_gives_new_calls_the_new_config_and_rejects_a_bad_one(
 async def test_sigterm_refuses_new_calls_and_lets_the_call_in_progress_finish(
     tmp_path: Path,
 ) -> None:
-    sip_port = free_udp_port()
-    rtp = free_media_port()
+    sip = sip_ingress()
     config = service_config(
-        tmp_path,
-        {
-            "service": {"shutdown_grace_s": 20.0},
-            "ingress": {
-                "sip": {
-                    "enabled": True,
-                    "host": "127.0.0.1",
-                    "port": sip_port,
-                    "rtp_port_min": rtp,
-                    "rtp_port_max": rtp + 3,
-                }
-            },
-        },
+        tmp_path, {"service": {"shutdown_grace_s": 20.0}, "ingress": {"sip": sip}}
     )
+    sip_port = sip["port"]
     async with running_service(tmp_path, config) as service:
         await service.notification("READY")
         results: dict[str, CallerResult] = {}
@@ -256,6 +244,18 @@ async def call_until_cut(service: Service, audio: bytes) -> None:
     """A call whose daemon is killed under it: the caller only has to notice the line drop."""
     with contextlib.suppress(trio.BrokenResourceError, trio_websocket.ConnectionClosed):
         await call(service, audio)
+
+
+def sip_ingress() -> dict[str, Any]:
+    """SIP on free loopback ports (UDP for signalling, four for RTP and RTCP)."""
+    rtp = free_media_port()
+    return {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "port": free_udp_port(),
+        "rtp_port_min": rtp,
+        "rtp_port_max": rtp + 3,
+    }
 
 
 def metric_values(text: str) -> dict[tuple[Any, ...], float]:
@@ -335,8 +335,8 @@ async def test_sigkill_mid_call_leaves_the_call_readable_and_the_next_start_reco
 
 
 async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Path) -> None:
-    sip_port = free_udp_port()
-    rtp = free_media_port()
+    sip = sip_ingress()
+    sip_port = sip["port"]
     config = service_config(
         tmp_path,
         {
@@ -348,15 +348,7 @@ async def test_metrics_show_calls_latencies_tools_tokens_and_pacing(tmp_path: Pa
                     ]
                 }
             },
-            "ingress": {
-                "sip": {
-                    "enabled": True,
-                    "host": "127.0.0.1",
-                    "port": sip_port,
-                    "rtp_port_min": rtp,
-                    "rtp_port_max": rtp + 3,
-                }
-            },
+            "ingress": {"sip": sip},
         },
     )
     async with running_service(tmp_path, config) as service:

@@ -65,21 +65,22 @@ def three_channel_wav(path: Path) -> Path:
     return path
 
 
+def unconvertible_holding_tool(tmp_path: Path) -> dict[str, Any]:
+    """An http tool whose holding audio is a WAV the daemon cannot turn into G.711."""
+    return {
+        "name": "lookup",
+        "kind": "http",
+        "url": "http://127.0.0.1:9/lookup",
+        "holding": "audio",
+        "holding_audio": str(three_channel_wav(tmp_path / "hold.wav")),
+    }
+
+
 async def test_reload_rejects_a_holding_audio_file_it_cannot_convert(tmp_path: Path) -> None:
     good = daemon_config(tmp_path)
     bad = daemon_config(
         tmp_path,
-        {
-            "tools": [
-                {
-                    "name": "lookup",
-                    "kind": "http",
-                    "url": "http://127.0.0.1:9/lookup",
-                    "holding": "audio",
-                    "holding_audio": str(three_channel_wav(tmp_path / "hold.wav")),
-                }
-            ]
-        },
+        {"tools": [unconvertible_holding_tool(tmp_path)]},
     )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -193,15 +194,7 @@ async def test_sighup_with_an_unconvertible_holding_audio_keeps_the_daemon_runni
         service.write_config(
             {
                 **config,
-                "tools": [
-                    {
-                        "name": "lookup",
-                        "kind": "http",
-                        "url": "http://127.0.0.1:9/lookup",
-                        "holding": "audio",
-                        "holding_audio": str(three_channel_wav(tmp_path / "hold.wav")),
-                    }
-                ],
+                "tools": [unconvertible_holding_tool(tmp_path)],
             }
         )
         service.send_signal(signal.SIGHUP)

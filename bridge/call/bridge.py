@@ -110,6 +110,7 @@ from bridge.call.observations import (
     TranscriptAdded,
     TurnLatency,
     UsageReported,
+    add_usage,
 )
 from bridge.config import BuiltinTool, Holding, ToolConfig
 from bridge.media import g711
@@ -932,8 +933,8 @@ class CallBridge:
         self._observations.append(TranscriptAdded(entry.at_s, role, item_id, text))
 
     def _add_usage(self, usage: Mapping[str, Any] | None) -> None:
-        _add_usage(self.usage, usage)
         if usage:
+            add_usage(self.usage, usage)
             self._observations.append(UsageReported(usage))
 
     # ---- holding -----------------------------------------------------------------------------
@@ -1010,16 +1011,3 @@ def _error_message(output: str) -> str:
     if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
         return str(decoded["message"])
     return output[:200]
-
-
-def _add_usage(total: dict[str, Any], usage: Mapping[str, Any] | None) -> None:
-    """Sum the numbers of a response's usage into the call's, recursing into detail objects."""
-    if not usage:
-        return
-    for key, value in usage.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            total[key] = total.get(key, 0) + value
-        elif isinstance(value, Mapping):
-            _add_usage(total.setdefault(key, {}), value)

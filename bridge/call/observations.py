@@ -88,3 +88,14 @@ Observation = (
     | ToolCallEnded
     | UsageReported
 )
+
+
+def add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> None:
+    """Sum a response's usage into a call's total, recursing into the detail objects."""
+    for key, value in usage.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            total[key] = total.get(key, 0) + value
+        elif isinstance(value, Mapping):
+            add_usage(total.setdefault(key, {}), value)

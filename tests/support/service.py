@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from bridge.records import read_records
+from tests.support.daemon import merge
 
 MEDIA_SECRET = "service-test-secret"
 
@@ -152,17 +153,7 @@ def service_config(tmp_path: Path, overrides: Mapping[str, Any] | None = None) -
             }
         },
     }
-    return _merged(config, overrides or {})
-
-
-def _merged(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merged(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return merge(config, overrides or {})
 
 
 @asynccontextmanager
