@@ -389,10 +389,10 @@ async def serve(
         open_http_client() as http_client,
         trio.open_nursery() as nursery,
     ):
-        loopback_url = ""
+        # The built-in model, started when a config first asks for it, one per dialect.
+        loopback_urls: dict[str, str] = {}
 
         async def model_url_for(config: Config) -> str:
-            nonlocal loopback_url
             if config.model.provider is not Provider.LOOPBACK:
                 url = config.model.effective_url
                 if url.startswith("ws://"):
@@ -402,18 +402,19 @@ async def serve(
                         extra={"provider": config.model.provider.value},
                     )
                 return url
-            if not loopback_url:
+            dialect = config.model.dialect.value
+            if dialect not in loopback_urls:
                 loopback = await nursery.start(
                     functools.partial(
                         serve_loopback_model,
                         host="127.0.0.1",
                         port=0,
-                        dialect=config.model.dialect.value,
+                        dialect=dialect,
                         script=loopback_script(config),
                     )
                 )
-                loopback_url = loopback.url
-            return loopback_url
+                loopback_urls[dialect] = loopback.url
+            return loopback_urls[dialect]
 
         current = _Current(config, resources, await model_url_for(config))
 
