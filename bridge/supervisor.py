@@ -196,6 +196,9 @@ async def _relay(
             if tools is not None:
                 await tools(to_tools, tool_events)
 
+    # The per-frame path: the tap's wrapper only when a recording needs it.
+    handle = watch.handle if watch.audio_tap is not None else bridge.handle
+
     async with trio.open_nursery() as nursery:
         # Both legs start at once: a caller who hangs up while the model is still connecting is
         # heard at once, and caller audio waits in the agent's command channel until it is ready.
@@ -216,11 +219,11 @@ async def _relay(
             elif event is None:
                 commands = bridge.end(EndReason.INTERNAL_ERROR, "both legs ended silently", now)
             else:
-                commands = watch.handle(event, now)
+                commands = handle(event, now)
                 # Under load several events are waiting: take them all before sleeping again.
                 for _ in range(INBOX_BATCH):
                     try:
-                        commands += watch.handle(inbox.receive_nowait(), now)
+                        commands += handle(inbox.receive_nowait(), now)
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
             await dispatch(_coalesce_audio(commands))
