@@ -668,6 +668,62 @@ async def _run_one_call(
 ) -> dict[str, Any]:
     call_log = call_logger(leg.info.call_id)
     info = leg.info
+    records = config.records
+    started_at = dt.datetime.now(dt.UTC)
+    # The journal first: from here on, even a crash leaves a trace of the call. Shielded, so a
+    # call cancelled meanwhile still reaches run_call, which writes its record.
+    with trio.CancelScope(shield=True):
+        journal = await _open_journal(config, info, started_at, call_log)
+        recording = None
+        if journal is not None and records.audio:
+            try:
+                recording = await trio.to_thread.run_sync(
+                    functools.partial(CallRecording.open, journal.recording_path, codec=info.codec)
+                )
+            except OSError as error:
+                call_log.error("could not start the call recording", extra={"error": str(error)})
+    try:
+        return await _run_journaled_call(
+            config,
+            leg,
+            model_url=model_url,
+            environ=environ,
+            refusal=refusal,
+            resources=resources,
+            http_client=http_client,
+            metrics=metrics,
+            started_at=started_at,
+            journal=journal,
+            recording=recording,
+            call_log=call_log,
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            if recording is not None:
+                await trio.to_thread.run_sync(_close_recording, recording, call_log)
+            if journal is not None and not journal.closed:
+                # The call failed before it could end: the next start rebuilds its record.
+                journal.close()
+
+
+async def _run_journaled_call(
+    config: Config,
+    leg: TelephonyLeg,
+    *,
+    model_url: str,
+    environ: Mapping[str, str],
+    refusal: AgentLegFailed | None,
+    resources: ToolResources,
+    http_client: httpx2.AsyncClient | None,
+    metrics: Metrics,
+    started_at: dt.datetime,
+    journal: CallJournal | None,
+    recording: CallRecording | None,
+    call_log: CallLogger,
+) -> dict[str, Any]:
+    """The call once its journal is open: pre-call hook, profile, then run_call."""
+    records = config.records
+    info = leg.info
     precall = PrecallResult()
     if config.precall_hook.url and refusal is None:
         try:
@@ -713,19 +769,6 @@ async def _run_one_call(
             task_status=task_status,
         )
 
-    records = config.records
-    started_at = dt.datetime.now(dt.UTC)
-    with trio.CancelScope(shield=True):
-        journal = await _open_journal(config, info, profile, started_at, call_log)
-        recording = None
-        if journal is not None and records.audio:
-            try:
-                recording = await trio.to_thread.run_sync(
-                    functools.partial(CallRecording.open, journal.recording_path, codec=info.codec)
-                )
-            except OSError as error:
-                call_log.error("could not start the call recording", extra={"error": str(error)})
-
     def observe(observation: Observation) -> None:
         metrics.observe(observation)
         if journal is not None:
@@ -754,29 +797,23 @@ async def _run_one_call(
         python_functions=resources.python_functions,
         client=http_client,
     )
-    try:
-        return await run_call(
-            leg,
-            agent,
-            info=info,
-            settings=bridge_settings(config, info, profile, resources.holding_audio),
-            log=call_log,
-            tools=runner if profile.tools else None,
-            write_record=write_record if records.enabled else None,
-            observer=observe,
-            audio_tap=recording,
-            wallclock=lambda: started_at,
-        )
-    finally:
-        if recording is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_close_recording, recording, call_log)
+    return await run_call(
+        leg,
+        agent,
+        info=info,
+        settings=bridge_settings(config, info, profile, resources.holding_audio),
+        log=call_log,
+        tools=runner if profile.tools else None,
+        write_record=write_record if records.enabled else None,
+        observer=observe,
+        audio_tap=recording,
+        wallclock=lambda: started_at,
+    )
 
 
 async def _open_journal(
     config: Config,
     info: CallInfo,
-    profile: CallProfile,
     started_at: dt.datetime,
     log: CallLogger,
 ) -> CallJournal | None:
@@ -791,7 +828,6 @@ async def _open_journal(
         "called": info.called,
         "external_ids": dict(info.external_ids),
         "variables": dict(info.variables),
-        "route": profile.route,
     }
     try:
         return await trio.to_thread.run_sync(

@@ -195,7 +195,7 @@ class CallJournal:
         log: Logger | None = None,
     ) -> CallJournal:
         """Create the call's journal under `directory` (the records directory) and write and
-        fsync its first line: ``call.started`` with `header` (the call's ids and route).
+        fsync its first line: ``call.started`` with `header` (the call's ids).
 
         `started_at` must be aware; it chooses the journal's folder and the day file the record
         goes to. Raises OSError when the journal cannot be created."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import json
 import random
 import signal
@@ -432,3 +433,46 @@ async def test_a_second_sigterm_ends_calls_at_once_and_still_writes_their_record
             if path.stem == record["call_id"]
         )
         assert journal_lines(journal)[-1]["event"] == "call.ended"
+
+
+async def test_sigkill_while_the_precall_hook_runs_still_leaves_the_call_in_its_journal(
+    tmp_path: Path,
+) -> None:
+    async def never_answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as hooks:
+        (listener,) = await hooks.start(
+            functools.partial(trio.serve_tcp, never_answer, 0, host="127.0.0.1")
+        )
+        hook_port = listener.socket.getsockname()[1]
+        config = service_config(
+            tmp_path / "first",
+            {"precall_hook": {"url": f"http://127.0.0.1:{hook_port}/hook", "timeout_s": 10.0}},
+        )
+        records_dir = Path(config["records"]["directory"])
+        (tmp_path / "first").mkdir()
+        async with running_service(tmp_path / "first", config) as service:
+            await service.notification("READY")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call_until_cut, service, quiet(15000))
+                with trio.fail_after(10):
+                    while not journals(records_dir):  # noqa: ASYNC110 (a file)
+                        await trio.sleep(0.05)
+                service.send_signal(signal.SIGKILL)
+                assert await service.wait() == -signal.SIGKILL
+        hooks.cancel_scope.cancel()
+    (journal,) = journals(records_dir)
+    (started,) = journal_lines(journal)
+    assert started["event"] == "call.started"
+    assert started["caller"] == "+15550100001"
+
+    second = {**service_config(tmp_path / "second"), "records": config["records"]}
+    (tmp_path / "second").mkdir()
+    async with running_service(tmp_path / "second", second) as service:
+        await service.notification("READY")
+        service.send_signal(signal.SIGTERM)
+        assert await service.wait() == 0
+    (record,) = service.records()
+    assert (record["call_id"], record["end_reason"]) == (started["call_id"], "daemon_crashed")
