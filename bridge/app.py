@@ -1,73 +1,53 @@
-"""serve(): the daemon — the model endpoint, the ingress listeners and one supervised task per call.
+"""serve(): the daemon — the model endpoint, the listeners, the calls, reload and drain.
 
-`serve` resolves the model endpoint (starting the built-in loopback model when the provider is
-`loopback`), checks that every secret the config names can be read and that records can be
-written, opens the media-stream listener and reports `started(Listening(...))`. Each accepted
-stream becomes one call run by :func:`bridge.supervisor.run_call`; a call's failure never reaches
-this level. A call that cannot be taken (at capacity, shutting down) still runs through
-`run_call` with a model leg that refuses at once, so the caller is hung up on and the call gets
-its record like any other.
+`serve` checks the config (bridge.startup), rebuilds the records of calls a crash cut off,
+resolves the model endpoint (starting the built-in loopback model when the provider is
+`loopback`), opens the media-stream, SIP and metrics listeners, tells systemd it is ready and
+reports `started(Listening(...))`. Each accepted call runs through
+:func:`bridge.callsetup.run_configured_call` under the config in force when it started; a call's
+failure never reaches this level. A call that cannot be taken (at capacity, shutting down) still
+runs with a model leg that refuses at once, so the caller is hung up on and the call gets its
+record like any other.
 
-When `draining` is set, new calls are refused, calls in progress get `service.shutdown_grace_s`
-to finish, and `serve` then returns, ending the rest cleanly.
+`Listening.reload` applies a new config to new calls (SIGHUP). When `draining` is set (SIGTERM),
+new calls are refused, calls in progress get `service.shutdown_grace_s` to finish, and `serve`
+then returns, ending the rest cleanly.
 """
-
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import gc
-import json
 import logging
 import os
 import random
-import tempfile
-import wave
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx2
 import trio
 
 from bridge.adapters.leg import TelephonyLeg
 from bridge.adapters.loopback_server import serve_loopback_model
 from bridge.adapters.mediastream_ws import MediaStreamLeg, serve_mediastream
-from bridge.adapters.realtime_ws import run_realtime_leg
 from bridge.adapters.sip import SipCallLeg, SipListening, serve_sip
 from bridge.adapters.status_http import serve_status
 from bridge.adapters.systemd import Notifier
 from bridge.agent.errors import AgentLegFailed
-from bridge.agent.loopback import ScriptedToolCall
-from bridge.audiofiles import read_audio
-from bridge.call.bridge import CallBridgeSettings
-from bridge.call.context import CallInfo
-from bridge.call.events import AgentCommand, AgentEvent, Codec, EndReason
-from bridge.call.observations import Observation
-from bridge.call.profile import CallProfile, choose_profile
-from bridge.call.tools import function_definitions
-from bridge.config import (
-    Config,
-    MediaStreamAuth,
-    Provider,
-    ToolKind,
-    TurnDetectionConfig,
-    TurnDetectionType,
-)
-from bridge.credentials import SecretSource, read_secret
+from bridge.call.events import EndReason
+from bridge.callsetup import run_configured_call
+from bridge.config import Config, MediaStreamAuth, Provider
 from bridge.errors import ConfigError, SecretError
-from bridge.logs import CallLogger, call_logger
 from bridge.metrics import Metrics
-from bridge.proto.realtime.session_config import session_codec
-from bridge.recording import CallRecording
-from bridge.records import CallJournal, append_record, recover_unfinished, redact_record
-from bridge.supervisor import run_call
+from bridge.records import recover_unfinished
+from bridge.startup import (
+    ToolResources,
+    check_records_directory,
+    loopback_script,
+    prepare_tools,
+    startup_secrets,
+)
 from bridge.tools.http_client import open_http_client
-from bridge.tools.precall import PrecallResult, run_precall_hook
-from bridge.tools.python_tool import load_callable
-from bridge.tools.runner import ToolRunner
 
 log = logging.getLogger("bridge")
 
@@ -76,8 +56,6 @@ log = logging.getLogger("bridge")
 SIP_SHUTDOWN_LINGER_S = 4.0
 # After the linger: closing sockets and writing the last records.
 STOP_MARGIN_S = 5.0
-# The Realtime API's server_vad default (realtime-api.md, turn detection).
-SERVER_VAD_DEFAULT_PREFIX_PADDING_MS = 300
 
 
 @attrs.frozen(kw_only=True)
@@ -96,169 +74,6 @@ class Listening:
     reload: Callable[[Callable[[], Config]], Awaitable[list[str]]] = attrs.field(
         eq=False, repr=False
     )
-
-
-def bridge_settings(
-    config: Config,
-    info: CallInfo,
-    profile: CallProfile | None = None,
-    holding_audio: Mapping[tuple[str, Codec], bytes] | None = None,
-) -> CallBridgeSettings:
-    """The control loop's settings for one call under `profile` (the defaults when None)."""
-    profile = profile or choose_profile(config, info)
-    session = profile.session
-    turn_detection = session.turn_detection
-    holding_audio = holding_audio or {}
-    return CallBridgeSettings(
-        model_codec=session_codec(session, info),
-        input_batch_frames=config.call.input_batch_frames,
-        dtmf_flush_ms=config.call.dtmf_flush_ms,
-        max_duration_s=config.call.max_duration_s,
-        greeting=session.greeting,
-        barge_in=turn_detection.type is not TurnDetectionType.NONE
-        and turn_detection.interrupt_response,
-        vad_prefix_padding_ms=_vad_prefix_padding_ms(session.turn_detection),
-        tools={tool.name: tool for tool in profile.tools},
-        holding_audio={
-            tool.name: holding_audio[tool.name, info.codec]
-            for tool in profile.tools
-            if (tool.name, info.codec) in holding_audio
-        },
-    )
-
-
-def _vad_prefix_padding_ms(turn_detection: TurnDetectionConfig) -> int:
-    """How far before the speech the model's VAD puts speech_started (its audio_start_ms)."""
-    if turn_detection.type is not TurnDetectionType.SERVER_VAD:
-        return 0
-    if turn_detection.prefix_padding_ms is None:
-        return SERVER_VAD_DEFAULT_PREFIX_PADDING_MS
-    return turn_detection.prefix_padding_ms
-
-
-@attrs.frozen
-class ToolResources:
-    """What the tools need, prepared once at start-up so a bad entry fails the start, not a call."""
-
-    python_functions: Mapping[str, Callable[..., Any]] = attrs.field(factory=dict)
-    holding_audio: Mapping[tuple[str, Codec], bytes] = attrs.field(factory=dict)
-
-
-def prepare_tools(config: Config, environ: Mapping[str, str]) -> ToolResources:
-    """Import Python tools, read holding audio, check secret headers; ConfigError lists problems."""
-    problems: list[str] = []
-    functions: dict[str, Callable[..., Any]] = {}
-    audio: dict[tuple[str, Codec], bytes] = {}
-    for index, tool in enumerate(config.tools):
-        where = f"$.tools[{index}]"
-        if tool.kind is ToolKind.PYTHON:
-            try:
-                functions[tool.name] = load_callable(tool.function)
-            except ValueError as error:
-                problems.append(f"{error} @ {where}.function")
-        if tool.holding_audio:
-            try:
-                for codec in Codec:
-                    audio[tool.name, codec] = read_audio(tool.holding_audio, codec)
-            except (OSError, EOFError, wave.Error, ValueError) as error:
-                problems.append(f"cannot read holding audio: {error} @ {where}.holding_audio")
-        problems += _secret_header_problems(tool.secret_headers(), where, environ)
-    hook = config.precall_hook
-    if hook.url:
-        problems += _secret_header_problems(hook.secret_headers(), "$.precall_hook", environ)
-    if problems:
-        raise ConfigError(problems)
-    return ToolResources(python_functions=functions, holding_audio=audio)
-
-
-def _secret_header_problems(
-    sources: Mapping[str, SecretSource], where: str, environ: Mapping[str, str]
-) -> list[str]:
-    problems = []
-    for name, source in sources.items():
-        key = "headers_env" if source.env else "headers_file"
-        try:
-            value = read_secret(source, environ)
-        except SecretError as error:
-            problems.append(f"header {name}: {error} @ {where}.{key}")
-            continue
-        if value is None:
-            problems.append(
-                f"header {name} is not set: provide it in {source.describe()} @ {where}.{key}"
-            )
-    return problems
-
-
-def loopback_script(config: Config) -> tuple[ScriptedToolCall, ...]:
-    """The loopback model's scripted function calls from `[model.loopback]`."""
-    return tuple(
-        ScriptedToolCall(
-            name=call.name,
-            arguments=json.dumps(call.arguments),
-            say=call.say,
-            dtmf=call.dtmf,
-            user_text=call.user_text,
-        )
-        for call in config.model.loopback.tool_calls
-    )
-
-
-@attrs.frozen
-class StartupSecrets:
-    """The ingress secrets the daemon needs before it can listen (never printed)."""
-
-    auth_token: str | None = attrs.field(repr=False)
-    shared_secret: str | None = attrs.field(repr=False)
-
-
-def _required_secret(source: SecretSource, what: str, key: str, environ: Mapping[str, str]) -> str:
-    value = read_secret(source, environ)
-    if value is None:
-        raise ConfigError([f"{what} is not set: provide it in {source.describe()} @ $.{key}"])
-    return value
-
-
-def startup_secrets(config: Config, environ: Mapping[str, str]) -> StartupSecrets:
-    """Read every secret the config needs now; a missing one is a ConfigError naming its key."""
-    ingress = config.ingress.mediastream
-    auth_token = shared_secret = None
-    if not ingress.enabled:
-        pass
-    elif ingress.auth is MediaStreamAuth.TWILIO_SIGNATURE:
-        auth_token = _required_secret(
-            ingress.auth_token,
-            "the Twilio auth token",
-            "ingress.mediastream.auth_token_env",
-            environ,
-        )
-    elif ingress.auth is MediaStreamAuth.SHARED_SECRET:
-        shared_secret = _required_secret(
-            ingress.shared_secret,
-            "the media-stream shared secret",
-            "ingress.mediastream.shared_secret_env",
-            environ,
-        )
-    if config.model.provider is not Provider.LOOPBACK:
-        _required_secret(config.model.api_key, "the model API key", "model.api_key_env", environ)
-    return StartupSecrets(auth_token=auth_token, shared_secret=shared_secret)
-
-
-def check_records_directory(config: Config) -> None:
-    """Create the records folder and prove it is writable now, not when the first call ends."""
-    if not config.records.enabled:
-        return
-    directory = Path(config.records.directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise ConfigError(
-            [
-                f"cannot write call records in {str(directory)!r}: {error.strerror} "
-                "@ $.records.directory"
-            ]
-        ) from None
 
 
 class _Calls:
@@ -424,7 +239,7 @@ async def serve(
             metrics.call_started(leg.info.ingress)
             record: dict[str, Any] = {}
             try:
-                record = await _run_one_call(
+                record = await run_configured_call(
                     taken.config,
                     leg,
                     model_url=taken.model_url,
@@ -653,204 +468,3 @@ async def _collect_garbage_at_quiet_moments(calls: _Calls) -> None:
         # serve() may run inside a bigger program (the tests): leave the collector as it was
         gc.set_threshold(*thresholds)
         gc.unfreeze()
-
-
-async def _run_one_call(
-    config: Config,
-    leg: TelephonyLeg,
-    *,
-    model_url: str,
-    environ: Mapping[str, str],
-    refusal: AgentLegFailed | None,
-    resources: ToolResources,
-    http_client: httpx2.AsyncClient | None,
-    metrics: Metrics,
-) -> dict[str, Any]:
-    call_log = call_logger(leg.info.call_id)
-    info = leg.info
-    records = config.records
-    started_at = dt.datetime.now(dt.UTC)
-    # The journal first: from here on, even a crash leaves a trace of the call. Shielded, so a
-    # call cancelled meanwhile still reaches run_call, which writes its record.
-    with trio.CancelScope(shield=True):
-        journal = await _open_journal(config, info, started_at, call_log)
-        recording = None
-        if journal is not None and records.audio:
-            try:
-                recording = await trio.to_thread.run_sync(
-                    functools.partial(CallRecording.open, journal.recording_path, codec=info.codec)
-                )
-            except OSError as error:
-                call_log.error("could not start the call recording", extra={"error": str(error)})
-    try:
-        return await _run_journaled_call(
-            config,
-            leg,
-            model_url=model_url,
-            environ=environ,
-            refusal=refusal,
-            resources=resources,
-            http_client=http_client,
-            metrics=metrics,
-            started_at=started_at,
-            journal=journal,
-            recording=recording,
-            call_log=call_log,
-        )
-    finally:
-        with trio.CancelScope(shield=True):
-            if recording is not None:
-                await trio.to_thread.run_sync(_close_recording, recording, call_log)
-            if journal is not None and not journal.closed:
-                # The call failed before it could end: the next start rebuilds its record.
-                journal.close()
-
-
-async def _run_journaled_call(
-    config: Config,
-    leg: TelephonyLeg,
-    *,
-    model_url: str,
-    environ: Mapping[str, str],
-    refusal: AgentLegFailed | None,
-    resources: ToolResources,
-    http_client: httpx2.AsyncClient | None,
-    metrics: Metrics,
-    started_at: dt.datetime,
-    journal: CallJournal | None,
-    recording: CallRecording | None,
-    call_log: CallLogger,
-) -> dict[str, Any]:
-    """The call once its journal is open: pre-call hook, profile, then run_call."""
-    records = config.records
-    info = leg.info
-    precall = PrecallResult()
-    if config.precall_hook.url and refusal is None:
-        try:
-            precall = await run_precall_hook(
-                config.precall_hook, info, environ=environ, log=call_log, client=http_client
-            )
-        except trio.Cancelled:
-            # run_call's first checkpoint raises it again, after the call got its record
-            refusal = AgentLegFailed(EndReason.SHUTDOWN, "stopped during the pre-call hook")
-        info = attrs.evolve(info, variables={**info.variables, **precall.variables})
-    profile = choose_profile(config, info, route_name=precall.route)
-    if profile.route:
-        call_log.info("route chosen", extra={"route": profile.route})
-    model = attrs.evolve(config.model, model=profile.model)
-    tool_definitions = function_definitions(profile.tools)
-
-    async def agent(
-        info: CallInfo,
-        events: trio.MemorySendChannel[AgentEvent],
-        commands: trio.MemoryReceiveChannel[AgentCommand],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        if refusal is not None:
-            raise refusal
-        api_key = None
-        if config.model.provider is not Provider.LOOPBACK:
-            # Read per call, so a rotated key (a new credential file) is used at once.
-            try:
-                api_key = read_secret(config.model.api_key, environ)
-            except SecretError as error:
-                raise AgentLegFailed(EndReason.MODEL_CONNECT_FAILED, str(error)) from None
-        await run_realtime_leg(
-            model=model,
-            session=profile.session,
-            call=info,
-            api_key=api_key,
-            url=model_url,
-            tools=tool_definitions,
-            events=events,
-            commands=commands,
-            log=call_log,
-            task_status=task_status,
-        )
-
-    def observe(observation: Observation) -> None:
-        metrics.observe(observation)
-        if journal is not None:
-            journal(observation)
-
-    async def write_record(record: dict[str, Any]) -> None:
-        record["route"] = profile.route
-        if config.precall_hook.url:
-            record["precall_hook"] = precall.problem or "ok"
-        if recording is not None:
-            record["recording"] = str(recording.path.relative_to(records.directory))
-        if journal is not None:
-            # Transcripts, keypad digits (PINs, card numbers) and what tools were told or
-            # answered stay out of the record unless records.transcripts is on.
-            await trio.to_thread.run_sync(journal.finish, record)
-            return
-        if not records.transcripts:
-            record = redact_record(record)
-        await trio.to_thread.run_sync(append_record, records.directory, record, started_at)
-
-    runner = ToolRunner(
-        tools={tool.name: tool for tool in profile.tools},
-        info=info,
-        log=call_log,
-        environ=environ,
-        python_functions=resources.python_functions,
-        client=http_client,
-    )
-    return await run_call(
-        leg,
-        agent,
-        info=info,
-        settings=bridge_settings(config, info, profile, resources.holding_audio),
-        log=call_log,
-        tools=runner if profile.tools else None,
-        write_record=write_record if records.enabled else None,
-        observer=observe,
-        audio_tap=recording,
-        wallclock=lambda: started_at,
-    )
-
-
-async def _open_journal(
-    config: Config,
-    info: CallInfo,
-    started_at: dt.datetime,
-    log: CallLogger,
-) -> CallJournal | None:
-    """The call's journal, written as the call goes (None: records are off, or it failed)."""
-    records = config.records
-    if not records.enabled:
-        return None
-    header = {
-        "ingress": info.ingress,
-        "codec": info.codec.value,
-        "caller": info.caller,
-        "called": info.called,
-        "external_ids": dict(info.external_ids),
-        "variables": dict(info.variables),
-    }
-    try:
-        return await trio.to_thread.run_sync(
-            functools.partial(
-                CallJournal.open,
-                records.directory,
-                call_id=info.call_id,
-                started_at=started_at,
-                header=header,
-                transcripts=records.transcripts,
-                log=log,
-            )
-        )
-    except OSError as error:
-        log.error(
-            "could not open the call's journal; its record is written when it ends",
-            extra={"error": str(error)},
-        )
-        return None
-
-
-def _close_recording(recording: CallRecording, log: CallLogger) -> None:
-    try:
-        recording.close()
-    except OSError as error:
-        log.error("could not finish the call recording", extra={"error": str(error)})

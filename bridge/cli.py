@@ -162,7 +162,8 @@ def _setup_logging(config: Config) -> None:
 async def _run_daemon(config: Config, path: str, overrides: Sequence[str]) -> None:
     """The daemon under systemd: SIGTERM/SIGINT drain (twice: stop now), SIGHUP reloads `path`."""
     from bridge.adapters.systemd import Notifier
-    from bridge.app import check_records_directory, serve, startup_secrets
+    from bridge.app import serve
+    from bridge.startup import check_records_directory, startup_secrets
 
     # Missing secrets and an unwritable records folder are config errors (exit 78): find them
     # before any task starts.

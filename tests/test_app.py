@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from bridge.app import StartupSecrets, check_records_directory, serve, startup_secrets
+from bridge.app import serve
 from bridge.call.events import Codec
 from bridge.caller import run_caller
 from bridge.config import config_from_dict, default_config, load_config
@@ -16,6 +16,7 @@ from bridge.errors import ConfigError
 from bridge.media import g711
 from bridge.records import read_records
 from bridge.sip_caller import SipCallResult, place_call
+from bridge.startup import StartupSecrets, check_records_directory, startup_secrets
 from tests.support.daemon import PARAMETERS_WITH_SECRET, SECRET, running_daemon
 from tests.support.service import websocket_upgrade_status
 
