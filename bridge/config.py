@@ -1113,6 +1113,18 @@ def _summary(path: str, config: Config) -> Iterator[str]:
         yield "  routes: " + ", ".join(route.name for route in config.routes)
     if config.precall_hook.url:
         yield f"  pre-call hook: {_without_query(config.precall_hook.url)}"
+    records = config.records
+    if records.enabled:
+        extras = ("" if records.transcripts else ", without transcripts") + (
+            ", with stereo WAV recordings" if records.audio else ""
+        )
+        yield f"  records: {records.directory}{extras}"
+    else:
+        yield "  records: off"
+    metrics = config.metrics
+    if metrics.enabled:
+        host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
+        yield f"  metrics: http://{host}:{metrics.port}/metrics, /healthz, /readyz"
     stream = config.ingress.mediastream
     if not stream.enabled:
         yield "  ingress mediastream: disabled"

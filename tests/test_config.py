@@ -1083,3 +1083,17 @@ def test_nan_and_infinity_are_not_durations(tmp_path: Path, key: str, value: str
     with pytest.raises(ConfigError) as error:
         load_config(path, [f"{key}={value}"])
     assert f"@ $.{key}" in str(error.value)
+
+
+def test_check_config_names_records_and_the_metrics_port() -> None:
+    out = io.StringIO()
+    path = str(CONFIG_DIR / "bridge.toml")
+    overrides = ["records.audio=true", "records.transcripts=false", "metrics.host=::1"]
+    assert check_config_main(path, overrides, out) == 0
+    text = out.getvalue()
+    assert "records: records, without transcripts, with stereo WAV recordings" in text
+    assert "metrics: http://[::1]:8767/metrics, /healthz, /readyz" in text
+    out = io.StringIO()
+    assert check_config_main(path, ["records.enabled=false", "metrics.enabled=false"], out) == 0
+    assert "records: off" in out.getvalue()
+    assert "metrics:" not in out.getvalue()
