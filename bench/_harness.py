@@ -27,6 +27,8 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
+from _metrics import Scrape, daemon_figures, print_block
+from _metrics import jsonable as metrics_jsonable
 from _model import ModelSpec, bind_reuseport, model_main
 from _process import pin
 from _report import CpuSeries, Distribution, summarize_profile
@@ -37,6 +39,8 @@ HOST = "127.0.0.1"
 MODEL_KEY_ENV = "BENCH_MODEL_KEY"
 SAMPLE_EVERY_S = 0.05
 SETTLE_S = 1.0
+# The end-of-window scrape of the daemon's /metrics comes this long before the first hang-up can.
+SCRAPE_BEFORE_HANGUP_S = 0.1
 # After the last caller is done: the supervisor's close grace (2 s) plus a margin.
 CLOSE_GRACE_S = 3.0
 # How long to wait after that for a daemon that fell behind to close its model websockets.
@@ -202,6 +206,9 @@ class Run:
         self.open_at_end = -1
         self.drained_after = NAN
         self.daemon_sched = CpuSeries()
+        self.metrics_port = 0
+        # The daemon's /metrics at the window's start and end, and after the calls ended.
+        self.scrapes: dict[str, Scrape] = {}
 
     @classmethod
     def argument_error(cls, args: argparse.Namespace) -> str | None:
@@ -262,7 +269,8 @@ enabled = true
 directory = "{records}"
 
 [metrics]
-port = 0
+host = "{HOST}"
+port = {self.metrics_port}
 
 """ + self.ingress_toml(port)
 
@@ -314,6 +322,7 @@ port = 0
         # The daemon.
         port = self.daemon_port()
         self.port = port
+        self.metrics_port = free_tcp_port()
         records = self.workdir / "records"
         records.mkdir()
         config = self.workdir / "bench.toml"
@@ -426,11 +435,17 @@ port = 0
         pending = {pipe: process for process, pipe in self.callers}
         give_up = self.planned_window[1] + 60.0
         profile_at = self.planned_window[0] if args.profile else math.inf
+        scrape_at = [
+            ("window_end", self.planned_window[1] - SCRAPE_BEFORE_HANGUP_S),
+            ("window_start", self.planned_window[0]),
+        ]
         while pending:
             self.sample()
             if time.monotonic() >= profile_at:
                 profile_at = math.inf
                 self._start_profiler()
+            if scrape_at and time.monotonic() >= scrape_at[-1][1]:
+                self.scrapes[scrape_at.pop()[0]] = Scrape.take(HOST, self.metrics_port)
             ready = wait_pipes(list(pending), timeout=SAMPLE_EVERY_S)
             for pipe in ready:
                 assert isinstance(pipe, Pipe)
@@ -467,6 +482,7 @@ port = 0
             time.sleep(0.1)
             open_now = self._open_model_websockets()
         self.open_at_end = open_now
+        self.scrapes["after_calls"] = Scrape.take(HOST, self.metrics_port)
         for _process, pipe in self.models:
             pipe.send("report")
         for process, pipe in self.models:
@@ -523,6 +539,13 @@ port = 0
             "model_totals": sum_counts(self.model_reports, "totals"),
         }
 
+    def daemon_metrics(self) -> dict[str, Any]:
+        """The daemon's own figures from its /metrics (see _metrics.py)."""
+        scrapes = self.scrapes
+        return daemon_figures(
+            scrapes.get("window_start"), scrapes.get("window_end"), scrapes.get("after_calls")
+        )
+
     def placement_figures(self) -> dict[str, Any]:
         return {
             "model_procs": self.model_procs,
@@ -532,6 +555,13 @@ port = 0
             "harness_cores": list(self.harness_cores),
             "daemon_exit": self.daemon_exit,
         }
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def sum_counts(reports: list[dict[str, Any]], key: str) -> dict[str, int]:
@@ -743,6 +773,9 @@ def run_benchmark(
         return 2
     figures = figures_of(run)
     show(figures)
+    daemon = run.daemon_metrics()
+    # A UDP daemon port is the SIP benchmark's: its calls carry RTP, so pacing figures are due.
+    print_block(daemon, figures, Table(44).row, rtp=run.DAEMON_SOCKET == socket.SOCK_DGRAM)
     warnings = [
         line
         for line in run.daemon_log.read_text(errors="replace").splitlines()
@@ -757,6 +790,7 @@ def run_benchmark(
         print(summarize_profile(Path(args.profile)))
     if args.json:
         figures["daemon_log_warnings"] = len(warnings)
+        figures["daemon_metrics"] = metrics_jsonable(daemon)
         if json_extras is not None:
             figures.update(json_extras(figures))
         Path(args.json).write_text(json.dumps(jsonable(figures), indent=2) + "\n")

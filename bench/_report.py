@@ -173,6 +173,7 @@ class FrameAccount:
         self.lat_in: list[float] = []
         self.lat_out: list[float] = []
         self.lat_first: list[float] = []
+        self.turn_latency: list[float] = []
         self.lateness: list[float] = []
         self.frames_in = self.lost_in = self.tail_in = self.delivered_in_window = 0
         self.lost_in_examples: list[tuple[int, int, int]] = []
@@ -208,6 +209,7 @@ class FrameAccount:
     def reply_frames(self, report: dict[str, Any], replies: TimeTable) -> None:
         """One call's reply frames from the model."""
         heard = TimeTable.from_bytes(report["reply_at"])
+        self._turn_latency(TimeTable.from_bytes(report["sent_at"]), replies, heard)
         for frame, left_at in enumerate(replies.times):
             if is_nan(left_at):
                 continue
@@ -224,8 +226,26 @@ class FrameAccount:
             1 for f, t in enumerate(heard.times) if not is_nan(t) and is_nan(replies.get(f))
         )
 
+    def _turn_latency(self, sent: TimeTable, replies: TimeTable, heard: TimeTable) -> None:
+        """Per reply whose first frame left the model in the window: from the caller sending the
+        reply's last frame (the loopback model echoes a turn up to its last speech frame) to the
+        caller receiving the reply's first frame: the daemon's turn latency seen from outside."""
+        times = replies.times
+        first = -1
+        for frame, left_at in enumerate(times):
+            if is_nan(left_at):
+                continue
+            if frame == 0 or is_nan(times[frame - 1]):
+                first = frame
+            if frame + 1 < len(times) and not is_nan(times[frame + 1]):
+                continue
+            latency = heard.get(first) - sent.get(frame)
+            if self.window.holds(times[first]) and not is_nan(latency):
+                self.turn_latency.append(latency)
+
     def latency_figures(self) -> dict[str, Any]:
         return {
+            "harness_turn_latency": Distribution.of(self.turn_latency),
             "caller_to_model": Distribution.of(self.lat_in),
             "model_to_caller": Distribution.of(self.lat_out),
             "model_to_caller_first": Distribution.of(self.lat_first),

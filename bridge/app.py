@@ -13,6 +13,7 @@ record like any other.
 new calls are refused, calls in progress get `service.shutdown_grace_s` to finish, and `serve`
 then returns, ending the rest cleanly.
 """
+
 from __future__ import annotations
 
 import functools

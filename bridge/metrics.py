@@ -45,7 +45,8 @@ MODEL_CONNECT_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20
 # Seconds. Turn latency includes the model's end-of-turn silence window (server VAD 500 ms by
 # default), so good calls land between 0.6 and 1.5 s; people notice beyond about 2 s.
 TURN_LATENCY_BUCKETS = (
-    0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
+    7.5, 10.0,
 )  # fmt: skip
 # Seconds. The model's VAD needs some speech before it reports it; above 0.5 s the caller hears
 # themselves talked over.
