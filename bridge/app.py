@@ -36,7 +36,7 @@ from bridge.adapters.status_http import serve_status
 from bridge.adapters.systemd import Notifier
 from bridge.agent.errors import AgentLegFailed
 from bridge.call.events import EndReason
-from bridge.callsetup import run_configured_call
+from bridge.callsetup import SharedByCalls, run_configured_call
 from bridge.config import Config, MediaStreamAuth, Provider
 from bridge.errors import ConfigError, SecretError
 from bridge.metrics import Metrics
@@ -205,6 +205,7 @@ async def serve(
         open_http_client() as http_client,
         trio.open_nursery() as nursery,
     ):
+        shared = SharedByCalls(environ=environ, http_client=http_client, metrics=metrics)
         # The built-in model, started when a config first asks for it, one per dialect.
         loopback_urls: dict[str, str] = {}
 
@@ -244,11 +245,9 @@ async def serve(
                     taken.config,
                     leg,
                     model_url=taken.model_url,
-                    environ=environ,
                     refusal=refusal,
                     resources=taken.resources,
-                    http_client=http_client,
-                    metrics=metrics,
+                    shared=shared,
                 )
             finally:
                 metrics.call_ended(leg.info.ingress, record)

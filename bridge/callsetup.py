@@ -43,6 +43,15 @@ from bridge.tools.runner import ToolRunner
 SERVER_VAD_DEFAULT_PREFIX_PADDING_MS = 300
 
 
+@attrs.frozen
+class SharedByCalls:
+    """What every call of a daemon uses: where secrets are read, the HTTP client, the metrics."""
+
+    environ: Mapping[str, str]
+    http_client: httpx2.AsyncClient | None
+    metrics: Metrics
+
+
 def bridge_settings(
     config: Config,
     info: CallInfo,
@@ -86,11 +95,9 @@ async def run_configured_call(
     leg: TelephonyLeg,
     *,
     model_url: str,
-    environ: Mapping[str, str],
     refusal: AgentLegFailed | None,
     resources: ToolResources,
-    http_client: httpx2.AsyncClient | None,
-    metrics: Metrics,
+    shared: SharedByCalls,
 ) -> dict[str, Any]:
     call_log = call_logger(leg.info.call_id)
     info = leg.info
@@ -113,11 +120,9 @@ async def run_configured_call(
             config,
             leg,
             model_url=model_url,
-            environ=environ,
             refusal=refusal,
             resources=resources,
-            http_client=http_client,
-            metrics=metrics,
+            shared=shared,
             started_at=started_at,
             journal=journal,
             recording=recording,
@@ -137,11 +142,9 @@ async def _run_journaled_call(
     leg: TelephonyLeg,
     *,
     model_url: str,
-    environ: Mapping[str, str],
     refusal: AgentLegFailed | None,
     resources: ToolResources,
-    http_client: httpx2.AsyncClient | None,
-    metrics: Metrics,
+    shared: SharedByCalls,
     started_at: dt.datetime,
     journal: CallJournal | None,
     recording: CallRecording | None,
@@ -154,7 +157,11 @@ async def _run_journaled_call(
     if config.precall_hook.url and refusal is None:
         try:
             precall = await run_precall_hook(
-                config.precall_hook, info, environ=environ, log=call_log, client=http_client
+                config.precall_hook,
+                info,
+                environ=shared.environ,
+                log=call_log,
+                client=shared.http_client,
             )
         except trio.Cancelled:
             # run_call's first checkpoint raises it again, after the call got its record
@@ -179,7 +186,7 @@ async def _run_journaled_call(
         if config.model.provider is not Provider.LOOPBACK:
             # Read per call, so a rotated key (a new credential file) is used at once.
             try:
-                api_key = read_secret(config.model.api_key, environ)
+                api_key = read_secret(config.model.api_key, shared.environ)
             except SecretError as error:
                 raise AgentLegFailed(EndReason.MODEL_CONNECT_FAILED, str(error)) from None
         await run_realtime_leg(
@@ -196,7 +203,7 @@ async def _run_journaled_call(
         )
 
     def observe(observation: Observation) -> None:
-        metrics.observe(observation)
+        shared.metrics.observe(observation)
         if journal is not None:
             journal(observation)
 
@@ -219,9 +226,9 @@ async def _run_journaled_call(
         tools={tool.name: tool for tool in profile.tools},
         info=info,
         log=call_log,
-        environ=environ,
+        environ=shared.environ,
         python_functions=resources.python_functions,
-        client=http_client,
+        client=shared.http_client,
     )
     return await run_call(
         leg,

@@ -272,6 +272,18 @@ def records_in(records_dir: Path) -> list[Path]:
     return sorted(records_dir.glob("*.jsonl"))
 
 
+async def restart(workdir: Path, config: dict[str, Any]) -> tuple[dict[str, Any], Service]:
+    """Start and stop a daemon on `config`'s records; the one record it wrote, and the daemon."""
+    second = {**service_config(workdir), "records": config["records"]}
+    await trio.Path(workdir).mkdir()
+    async with running_service(workdir, second) as service:
+        await service.notification("READY")
+        service.send_signal(signal.SIGTERM)
+        assert await service.wait() == 0
+    (record,) = service.records()
+    return record, service
+
+
 def journals(records_dir: Path) -> list[Path]:
     return sorted((records_dir / "journal").glob("*/*.jsonl"))
 
@@ -321,13 +333,7 @@ async def test_sigkill_mid_call_leaves_the_call_readable_and_the_next_start_reco
     assert max(abs(sample) for sample in left) > 1000
 
     # The next start rebuilds the record from the journal, once.
-    second = {**service_config(tmp_path / "second"), "records": config["records"]}
-    (tmp_path / "second").mkdir()
-    async with running_service(tmp_path / "second", second) as service:
-        await service.notification("READY")
-        service.send_signal(signal.SIGTERM)
-        assert await service.wait() == 0
-    (record,) = service.records()
+    record, service = await restart(tmp_path / "second", config)
     assert record["call_id"] == started["call_id"]
     assert record["end_reason"] == "daemon_crashed"
     assert any(line["role"] == "model" for line in record["transcript"])
@@ -468,11 +474,5 @@ async def test_sigkill_while_the_precall_hook_runs_still_leaves_the_call_in_its_
     assert started["event"] == "call.started"
     assert started["caller"] == "+15550100001"
 
-    second = {**service_config(tmp_path / "second"), "records": config["records"]}
-    (tmp_path / "second").mkdir()
-    async with running_service(tmp_path / "second", second) as service:
-        await service.notification("READY")
-        service.send_signal(signal.SIGTERM)
-        assert await service.wait() == 0
-    (record,) = service.records()
+    record, _ = await restart(tmp_path / "second", config)
     assert (record["call_id"], record["end_reason"]) == (started["call_id"], "daemon_crashed")
