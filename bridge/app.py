@@ -23,7 +23,6 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 import attrs
 import trio
@@ -36,13 +35,12 @@ from bridge.adapters.status_http import serve_status
 from bridge.adapters.systemd import Notifier
 from bridge.agent.errors import AgentLegFailed
 from bridge.call.events import EndReason
-from bridge.callsetup import SharedByCalls, run_configured_call
+from bridge.callsetup import InForce, SharedByCalls, run_configured_call
 from bridge.config import Config, MediaStreamAuth, Provider
 from bridge.errors import ConfigError, SecretError
 from bridge.metrics import Metrics
 from bridge.records import recover_unfinished
 from bridge.startup import (
-    ToolResources,
     check_records_directory,
     loopback_script,
     prepare_tools,
@@ -122,15 +120,6 @@ class _Calls:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
-
-
-@attrs.define
-class _Current:
-    """What a new call is given: the config in force (replaced by a reload) and its tools."""
-
-    config: Config
-    resources: ToolResources
-    model_url: str
 
 
 def reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -233,24 +222,11 @@ async def serve(
                 loopback_urls[dialect] = loopback.url
             return loopback_urls[dialect]
 
-        current = _Current(config, resources, await model_url_for(config))
+        current = InForce(config, resources, await model_url_for(config))
 
         async def run_one_call(leg: TelephonyLeg, refusal: AgentLegFailed | None) -> None:
-            # The config in force when the call starts stays the call's, whatever reloads come.
-            taken = current
-            metrics.call_started(leg.info.ingress)
-            record: dict[str, Any] = {}
-            try:
-                record = await run_configured_call(
-                    taken.config,
-                    leg,
-                    model_url=taken.model_url,
-                    refusal=refusal,
-                    resources=taken.resources,
-                    shared=shared,
-                )
-            finally:
-                metrics.call_ended(leg.info.ingress, record)
+            # `current` now: the config in force when the call starts stays the call's.
+            await run_configured_call(current, leg, refusal=refusal, shared=shared)
 
         async def handle_call(leg: MediaStreamLeg) -> None:
             refusal = None
@@ -377,7 +353,7 @@ async def serve(
                 problems = [f"{type(error).__name__}: {error}"]
             else:
                 problems = []
-                current = _Current(effective, new_resources, model_url)
+                current = InForce(effective, new_resources, model_url)
                 calls.maximum = effective.service.max_calls
                 log.info("configuration reloaded: new calls get it", extra={"calls": calls.active})
                 if restart_only:

@@ -52,6 +52,16 @@ class SharedByCalls:
     metrics: Metrics
 
 
+@attrs.frozen
+class InForce:
+    """What a new call is given: the config in force (a reload replaces it), the tools prepared
+    for it and the model's URL."""
+
+    config: Config
+    resources: ToolResources
+    model_url: str
+
+
 def bridge_settings(
     config: Config,
     info: CallInfo,
@@ -91,18 +101,20 @@ def _vad_prefix_padding_ms(turn_detection: TurnDetectionConfig) -> int:
 
 
 async def run_configured_call(
-    config: Config,
+    in_force: InForce,
     leg: TelephonyLeg,
     *,
-    model_url: str,
     refusal: AgentLegFailed | None,
-    resources: ToolResources,
     shared: SharedByCalls,
 ) -> dict[str, Any]:
+    """Run the call on `leg` to its end under `in_force` (the call keeps it whatever reloads
+    come); `refusal` ends it at once. Returns its record."""
+    config = in_force.config
     call_log = call_logger(leg.info.call_id)
     info = leg.info
     records = config.records
     started_at = dt.datetime.now(dt.UTC)
+    shared.metrics.call_started(info.ingress)
     # The journal first: from here on, even a crash leaves a trace of the call. Shielded, so a
     # call cancelled meanwhile still reaches run_call, which writes its record.
     with trio.CancelScope(shield=True):
@@ -115,20 +127,21 @@ async def run_configured_call(
                 )
             except OSError as error:
                 call_log.error("could not start the call recording", extra={"error": str(error)})
+    record: dict[str, Any] = {}
     try:
-        return await _run_journaled_call(
-            config,
+        record = await _run_journaled_call(
+            in_force,
             leg,
-            model_url=model_url,
             refusal=refusal,
-            resources=resources,
             shared=shared,
             started_at=started_at,
             journal=journal,
             recording=recording,
             call_log=call_log,
         )
+        return record
     finally:
+        shared.metrics.call_ended(info.ingress, record)
         with trio.CancelScope(shield=True):
             if recording is not None:
                 await trio.to_thread.run_sync(_close_recording, recording, call_log)
@@ -138,12 +151,10 @@ async def run_configured_call(
 
 
 async def _run_journaled_call(
-    config: Config,
+    in_force: InForce,
     leg: TelephonyLeg,
     *,
-    model_url: str,
     refusal: AgentLegFailed | None,
-    resources: ToolResources,
     shared: SharedByCalls,
     started_at: dt.datetime,
     journal: CallJournal | None,
@@ -151,6 +162,7 @@ async def _run_journaled_call(
     call_log: CallLogger,
 ) -> dict[str, Any]:
     """The call once its journal is open: pre-call hook, profile, then run_call."""
+    config, resources = in_force.config, in_force.resources
     records = config.records
     info = leg.info
     precall = PrecallResult()
@@ -194,7 +206,7 @@ async def _run_journaled_call(
             session=profile.session,
             call=info,
             api_key=api_key,
-            url=model_url,
+            url=in_force.model_url,
             tools=tool_definitions,
             events=events,
             commands=commands,

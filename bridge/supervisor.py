@@ -288,15 +288,15 @@ class _Watch:
         return self.bridge.handle(event, now)
 
     def outbound(self, commands: list[Command]) -> None:
-        tap = self.audio_tap
         for command in commands:
+            tap = self.audio_tap
             if tap is None:
+                # (a failing tap switches itself off)
                 return
             if isinstance(command, PlayAudio):
                 self._tap(tap.model, command.payload)
             elif isinstance(command, ClearAudio):
                 self._tap(tap.cleared)
-            tap = self.audio_tap
 
     def observe(self) -> None:
         observations = self.bridge.pop_observations()

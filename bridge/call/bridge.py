@@ -275,11 +275,10 @@ class CallBridge:
         # of a reply that started after it measures the turn latency.
         self._turn_ended: tuple[float, float] | None = None
         self._response_at_turn_end: str | None = None
-        self.latencies: dict[str, Any] = {
-            "model_connect_ms": None,
-            "turns_ms": [],
-            "barge_ins_ms": [],
-        }
+        # For the record: what the observations measured, in milliseconds.
+        self._model_connect_ms: int | None = None
+        self._turns_ms: list[int] = []
+        self._barge_ins_ms: list[int] = []
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -470,7 +469,11 @@ class CallBridge:
             "dtmf": self.digits,
             "usage": self.usage,
             "tool_calls": [self._tool_record(call) for call in self._tool_calls.values()],
-            "latency": {key: _copy(value) for key, value in self.latencies.items()},
+            "latency": {
+                "model_connect_ms": self._model_connect_ms,
+                "turns_ms": list(self._turns_ms),
+                "barge_ins_ms": list(self._barge_ins_ms),
+            },
             "statistics": attrs.asdict(self.statistics()),
         }
 
@@ -591,7 +594,7 @@ class CallBridge:
                 commands.append(TruncateItem(item_id, heard_ms))
         speech_start_ms = audio_start_ms + self.settings.vad_prefix_padding_ms
         seconds = self._caller_seconds_since(speech_start_ms)
-        self.latencies["barge_ins_ms"].append(round(seconds * 1000))
+        self._barge_ins_ms.append(round(seconds * 1000))
         self._observations.append(BargeIn(seconds, heard))
         return commands + self._drop_interrupted_handover(now)
 
@@ -637,7 +640,7 @@ class CallBridge:
             return []
         self._ready = True
         self.model_session_id = session_id
-        self.latencies["model_connect_ms"] = round((now - self.started_at) * 1000)
+        self._model_connect_ms = round((now - self.started_at) * 1000)
         self._observations.append(ModelConnected(now - self.started_at, session_id))
         # The phone is answered only now: the caller hears ringing, not dead air, while the model
         # connects, and a model that never gets ready leaves the call unanswered (SIP 503).
@@ -924,7 +927,7 @@ class CallBridge:
         since_end, reported_at = self._turn_ended
         self._turn_ended = None
         seconds = since_end + (now - reported_at)
-        self.latencies["turns_ms"].append(round(seconds * 1000))
+        self._turns_ms.append(round(seconds * 1000))
         self._observations.append(TurnLatency(seconds))
 
     def _transcribed(self, role: str, item_id: str, text: str, now: float) -> None:
@@ -996,10 +999,6 @@ class CallBridge:
         if close_agent:
             commands.append(CloseAgent())
         return commands
-
-
-def _copy(value: Any) -> Any:
-    return list(value) if isinstance(value, list) else value
 
 
 def _error_message(output: str) -> str:
