@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from bridge.adapters.sip import SipCallLeg, serve_sip
 from bridge.call.events import (
@@ -81,6 +82,15 @@ class App:
             await leg.run(events_send, commands_receive)
             events_send.close()
         self.leg_done.set()
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    """pytest-trio's autojump clock, but it jumps only after half a millisecond of real
+    idleness: a datagram on a loopback socket may reach the receive queue a moment after
+    sendto() returns (a busy machine defers it to a softirq), and a clock that jumped at once
+    would retransmit before it arrived, shifting the timings these tests check."""
+    return trio.testing.MockClock(autojump_threshold=0.0005)
 
 
 @asynccontextmanager
